@@ -1,0 +1,51 @@
+"""The store's options, validated once in the constructor and frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sauce_sql import validation
+from sauce_sql.engine import DURABILITY_MODES
+from sauce_sql.errors import InvalidInput
+
+__all__ = ["StoreConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Validated store options (everything but the database itself)."""
+
+    table_name: str
+    session_max_age: float
+    clean_interval: float | None
+    clock: Callable[[], datetime] | None
+    durability: str
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        table_name: object,
+        session_max_age: object,
+        clean_interval: object,
+        clock: object,
+        durability: object,
+    ) -> StoreConfig:
+        """Check every option, raising InvalidInput or TypeError on the first bad one."""
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        if durability not in DURABILITY_MODES:
+            raise InvalidInput(f"durability must be 'normal' or 'full', got {durability!r}")
+        return cls(
+            table_name=validation.table_name(table_name),
+            session_max_age=validation.positive_seconds(session_max_age, "session_max_age"),
+            clean_interval=(
+                None
+                if clean_interval is None
+                else validation.positive_seconds(clean_interval, "clean_interval")
+            ),
+            clock=clock,
+            durability=str(durability),
+        )

@@ -1,0 +1,118 @@
+"""``sauce-sql demo``: the main job end to end, on the embedded SQLite default.
+
+Simulated visitors browse over a simulated week (a clock the demo advances, so it runs
+in seconds), the store is closed and reopened as at a restart, returning visitors
+revive their sessions from the dicts their cookies kept, expired sessions are cleaned
+up, and the report says what happened.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sauce_sql.models import AnalyticsSession, ReviveSession
+from sauce_sql.report import build_report, format_report
+from sauce_sql.store import Store
+
+__all__ = ["SimulatedClock", "run_demo"]
+
+USER_AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 Version/18.1 Safari",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "curl/8.5.0",
+]
+SESSION_MAX_AGE = 30 * 60
+
+
+class SimulatedClock:
+    """An aware UTC clock that moves only when told to."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward."""
+        self.now += timedelta(seconds=seconds)
+
+
+def _new_visitor(store: Store, rng: random.Random) -> AnalyticsSession:
+    """One visitor: a session, maybe a login, a few page views with events."""
+    if rng.random() < 0.7:
+        client_ip = f"203.0.113.{rng.randrange(1, 255)}"
+    else:
+        client_ip = f"2001:db8::{rng.randrange(1, 0xFFFF):x}"
+    session = store.new_session(user_agent=rng.choice(USER_AGENTS), client_ip=client_ip)
+    if rng.random() < 0.3:
+        store.assign_user(session.session_id, f"user-{rng.randrange(1000)}")
+    for _ in range(rng.choice([1, 1, 2, 3, 4, 6, 9])):
+        store.inc_sequence(session.session_id, "view")
+        for _ in range(rng.randrange(3)):
+            store.inc_sequence(session.session_id, "event")
+    return session
+
+
+def run_demo(
+    url: str | None = None,
+    *,
+    table_name: str = "sessions",
+    visitors: int = 200,
+    seed: int = 7,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run the demo on ``url``, by default a new SQLite file in a temporary folder."""
+    if url is None:
+        path = Path(tempfile.mkdtemp(prefix="sauce-sql-demo-")) / "sauce_sql.db"
+        url = f"sqlite:///{path}"
+        echo(f"demo database: {path}")
+    rng = random.Random(seed)
+    # A week ago, so the visitors' days fall within the report's last seven days.
+    clock = SimulatedClock(datetime.now(timezone.utc) - timedelta(days=6, hours=12))
+    options = {
+        "table_name": table_name,
+        "session_max_age": SESSION_MAX_AGE,
+        "clean_interval": None,
+        "clock": clock,
+    }
+
+    cookies: list[dict[str, str | None]] = []
+    with Store(url, **options) as store:  # type: ignore[arg-type]
+        for _ in range(visitors):
+            clock.advance(6 * 24 * 3600 / visitors * rng.uniform(0.5, 1.5))
+            last = _new_visitor(store, rng)
+            if rng.random() < 0.25:
+                cookies.append(ReviveSession(last.session_id, last.user_agent).to_dict())
+        before = store.lookup_session(last.session_id)
+        echo(f"{visitors} visitors browsed over six days; {len(cookies)} kept a revive cookie")
+        echo("closing the store (a restart) ...")
+
+    with Store(url, **options) as store:  # type: ignore[arg-type]
+        after = store.lookup_session(last.session_id)
+        survived = before is not None and after == before
+        echo(f"reopened: the last visitor's session survived the restart intact: {survived}")
+        clock.advance(2 * 3600)  # two hours later every earlier session has expired
+        continuing = 0
+        for cookie in cookies:
+            revived = store.maybe_revive_session(ReviveSession.from_dict(cookie))
+            continuing += revived.view_sequence > 0
+            store.inc_sequence(revived.session_id, "view")
+        echo(
+            f"revived {len(cookies)} expired sessions from their cookies; {continuing} "
+            "continued their view sequence instead of starting again at 0"
+        )
+        for _ in range(visitors // 10):
+            _new_visitor(store, rng)
+        echo(f"{visitors // 10} new visitors arrived")
+        deleted = store.cleanup()
+        echo(f"cleanup deleted {deleted} expired sessions")
+        echo("")
+        echo(format_report(build_report(store.engine, table_name, clock.now)))

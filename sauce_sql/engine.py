@@ -1,0 +1,107 @@
+"""Every driver quirk in one place: URLs, engines and how each connection is set up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from sauce_sql.errors import InvalidInput
+from sauce_sql.statements import SUPPORTED_DIALECTS
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_URL",
+    "DURABILITY_MODES",
+    "configure_sqlite",
+    "create_store_engine",
+    "is_memory",
+    "parse_url",
+]
+
+DEFAULT_URL = "sqlite:///sauce_sql.db"
+DURABILITY_MODES = {"normal": "NORMAL", "full": "FULL"}
+# How long a SQLite connection waits for another process's write lock before the call
+# fails with StoreUnavailable; within one process writers queue on the store's lock.
+BUSY_TIMEOUT_MS = 5000
+# An unreachable PostgreSQL server must fail a call within seconds, never hang it.
+CONNECT_TIMEOUT_S = 5
+
+
+def parse_url(url: str | URL | None) -> URL:
+    """The URL to use, ``postgresql://`` meaning psycopg 3; refuses what we cannot serve."""
+    if url is None:
+        url = DEFAULT_URL
+    if not isinstance(url, (str, URL)):
+        raise TypeError(f"url must be a str or sqlalchemy.URL, not {type(url).__name__}")
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"cannot parse database URL {str(url)!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_DIALECTS:
+        raise InvalidInput(
+            f"unsupported database {backend!r} in URL; sauce_sql runs on "
+            + " and ".join(SUPPORTED_DIALECTS)
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def is_memory(url: URL) -> bool:
+    """Whether ``url`` names SQLite's private in-memory database."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+def configure_sqlite(dbapi_connection: Any, *, durability: str, memory: bool) -> None:
+    """Set a new SQLite connection up: WAL, the durability mode, the busy timeout."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {DURABILITY_MODES[durability]}")
+    finally:
+        cursor.close()
+
+
+def create_store_engine(url: URL, *, durability: str) -> Engine:
+    """An engine the store owns, with each backend's needs applied."""
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _sqlite_engine(url, durability)
+        connect_args = (
+            {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+        )
+        return create_engine(url, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise InvalidInput(f"cannot use database URL {url.render_as_string()!r}: {exc}") from None
+    except ImportError as exc:
+        raise InvalidInput(
+            f"the driver for {url.drivername} is not installed ({exc}); "
+            "for PostgreSQL install sauce-sql[postgres]"
+        ) from None
+
+
+def _sqlite_engine(url: URL, durability: str) -> Engine:
+    memory = is_memory(url)
+    if memory:
+        # One connection shared by every thread, or each thread would see its own
+        # empty database; the store serialises its use.
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        # The store's writer connection is used from whichever thread holds its lock.
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        configure_sqlite(dbapi_connection, durability=durability, memory=memory)
+
+    return engine

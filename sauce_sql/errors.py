@@ -1,0 +1,71 @@
+"""The errors sauce_sql raises on purpose.
+
+The hierarchy::
+
+    SauceSQLError
+    ├── SessionNotFound     (also a KeyError)
+    ├── SessionExists
+    ├── InvalidInput        (also a ValueError)
+    └── StoreUnavailable    (the database cannot be reached or used; the driver's
+                             error is chained as ``__cause__``)
+
+Driver and SQLAlchemy errors never leave the store bare: the store translates them at
+one boundary, :func:`sauce_sql.connections.translate_errors`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidInput",
+    "SauceSQLError",
+    "SessionExists",
+    "SessionNotFound",
+    "StoreUnavailable",
+    "unavailable",
+]
+
+
+class SauceSQLError(Exception):
+    """Base of every error sauce_sql raises on purpose."""
+
+
+class SessionNotFound(SauceSQLError, KeyError):
+    """No live session has the given id.
+
+    A ``KeyError`` too, so code written against a mapping-like store keeps working.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        # KeyError's __str__ would print the repr of the argument only.
+        return f"no live session with id {self.session_id!r}"
+
+
+class SessionExists(SauceSQLError):
+    """A live session already has the id given to ``new_session``."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"a live session with id {session_id!r} already exists")
+        self.session_id = session_id
+
+
+class InvalidInput(SauceSQLError, ValueError):
+    """An argument was refused before the database was touched."""
+
+
+class StoreUnavailable(SauceSQLError):
+    """The database could not be reached or used; the cause is chained."""
+
+
+def unavailable(where: str, exc: BaseException) -> StoreUnavailable:
+    """A StoreUnavailable for ``exc``, on one line (raise it ``from exc``).
+
+    SQLAlchemy wraps driver errors with a link to its docs and drivers spread messages
+    over several lines; the driver's own message says what went wrong.
+    """
+    cause = getattr(exc, "orig", None) or exc
+    detail = " ".join(str(cause).split()) or type(cause).__name__
+    return StoreUnavailable(f"{where}: {detail}")

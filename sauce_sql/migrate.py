@@ -1,0 +1,113 @@
+"""Alembic as an API: bring a database's sessions table to the current schema.
+
+The schema is owned by the migrations in ``migrations/`` (shipped inside the wheel as
+``sauce_sql/_migrations``). The table name is a parameter and every table keeps its own
+version table, ``alembic_version_<table>``, so several session tables can live in one
+database and be migrated each on its own. Migrations run under a lock (SQLite's write
+lock, a PostgreSQL advisory lock) so that app servers starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, text
+
+__all__ = [
+    "check",
+    "current",
+    "downgrade",
+    "make_config",
+    "migration_transaction",
+    "script_location",
+    "upgrade",
+    "version_table",
+]
+
+
+def script_location() -> Path:
+    """Where the migration scripts are: inside the installed package, or the checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"no migrations beside {package}")
+
+
+def version_table(table_name: str) -> str:
+    """The Alembic version table that belongs to ``table_name``."""
+    return f"alembic_version_{table_name}"
+
+
+def make_config(table_name: str, connection: Connection | None = None) -> Config:
+    """An Alembic config for ``table_name``, running on ``connection`` if given."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.attributes["table_name"] = table_name
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@contextmanager
+def migration_transaction(connection: Connection, table_name: str) -> Iterator[None]:
+    """One transaction holding the lock that keeps concurrent migrations apart."""
+    if connection.dialect.name == "sqlite":
+        # pysqlite would not open a transaction for DDL by itself: take the write lock
+        # up front so a second process waits instead of racing to CREATE TABLE.
+        dbapi: Any = connection.connection.dbapi_connection
+        saved, dbapi.isolation_level = dbapi.isolation_level, None
+        try:
+            with connection.begin():
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                yield
+        finally:
+            dbapi.isolation_level = saved
+    else:
+        with connection.begin():
+            key = zlib.crc32(f"sauce_sql:{table_name}".encode())
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            yield
+
+
+def _run(engine: Engine, table_name: str, action: Any, *args: Any) -> None:
+    with engine.connect() as connection, migration_transaction(connection, table_name):
+        action(make_config(table_name, connection), *args)
+
+
+def upgrade(engine: Engine, table_name: str, revision: str = "head") -> None:
+    """Upgrade ``table_name`` to ``revision`` (the latest by default)."""
+    _run(engine, table_name, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, table_name: str, revision: str = "base") -> None:
+    """Downgrade ``table_name`` to ``revision`` (``base`` drops the table)."""
+    _run(engine, table_name, command.downgrade, revision)
+
+
+def check(engine: Engine, table_name: str) -> None:
+    """Raise ``alembic.util.CommandError`` if the table differs from the model."""
+    with engine.connect() as connection:
+        command.check(make_config(table_name, connection))
+
+
+def current(engine: Engine, table_name: str) -> str | None:
+    """The revision ``table_name`` is at, or None if it has never been migrated."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"version_table": version_table(table_name)}
+        )
+        return context.get_current_revision()
+
+
+def table_from_environment(x_arguments: dict[str, str]) -> str:
+    """The table for the ``alembic`` command: ``-x table_name``, else SAUCE_SQL_TABLE."""
+    return x_arguments.get("table_name") or os.environ.get("SAUCE_SQL_TABLE") or "sessions"

@@ -1,0 +1,331 @@
+"""The synchronous session store."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import fields
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any
+
+from alembic.util import CommandError
+from sqlalchemy import URL, Engine, MetaData
+from sqlalchemy.exc import SQLAlchemyError
+
+from sauce_sql import migrate, statements, validation
+from sauce_sql.cleanup import Cleaner, delete_expired
+from sauce_sql.config import StoreConfig
+from sauce_sql.connections import Executor
+from sauce_sql.engine import create_store_engine, is_memory, parse_url
+from sauce_sql.errors import (
+    InvalidInput,
+    SauceSQLError,
+    SessionExists,
+    SessionNotFound,
+    StoreUnavailable,
+    unavailable,
+)
+from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
+from sauce_sql.prepared import Prepared, row_reader
+from sauce_sql.schema import sessions_table
+
+__all__ = ["Store"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Prepared:
+    """The store's statements compiled for its dialect, and the row reader."""
+
+    def __init__(self, engine: Engine, table_name: str) -> None:
+        table = sessions_table(table_name)
+        built = statements.build(table, engine.dialect.name)
+        for field in fields(built):
+            names = built.PARAMETERS[field.name]
+            setattr(self, field.name, Prepared(getattr(built, field.name), engine.dialect, names))
+        self.read_row = row_reader(list(table.c), engine.dialect)
+
+    select_live: Prepared
+    exists_live: Prepared
+    increment_view: Prepared
+    increment_event: Prepared
+    assign_user: Prepared
+    create: Prepared
+    revive: Prepared
+    revive_if_expired: Prepared
+    delete_expired_batch: Prepared
+
+
+class Store:
+    """Analytics sessions kept in a SQL table; safe to share between threads.
+
+    >>> with Store("sqlite://") as store:
+    ...     session = store.new_session(user_agent="Mozilla/5.0")
+    ...     store.inc_sequence(session.session_id, "view")
+    1
+
+    ``url`` defaults to the SQLite file ``sauce_sql.db``; ``sqlite://`` is one in-memory
+    database shared by the store's threads; ``postgresql://`` uses psycopg 3. Pass
+    ``engine=`` to use the application's own Engine, which the store never disposes.
+    See the README for every option.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        engine: Engine | None = None,
+        table_name: str = "sessions",
+        session_max_age: float = 3600,
+        clean_interval: float | None = 5400,
+        clock: Callable[[], datetime] | None = None,
+        durability: str = "normal",
+    ) -> None:
+        self._config = StoreConfig.create(
+            table_name=table_name,
+            session_max_age=session_max_age,
+            clean_interval=clean_interval,
+            clock=clock,
+            durability=durability,
+        )
+        if engine is not None and url is not None:
+            raise InvalidInput("give either url or engine, not both")
+        if engine is not None:
+            if not isinstance(engine, Engine):
+                raise TypeError(f"engine must be a sqlalchemy.Engine, not {type(engine).__name__}")
+            parse_url(engine.url)  # refuses a dialect the store cannot serve
+            self._engine, self._owns_engine = engine, False
+        else:
+            self._engine = create_store_engine(parse_url(url), durability=durability)
+            self._owns_engine = True
+        self._max_age = timedelta(seconds=self._config.session_max_age)
+        self._clock = self._config.clock
+        self._url = self._engine.url.render_as_string(hide_password=True)
+        self._lifecycle = threading.Lock()
+        self._executor: Executor | None = None
+        self._prepared: _Prepared | None = None
+        self._cleaner: Cleaner | None = None
+        self._cleanup_lock = threading.Lock()
+        self._last_cleanup_at: datetime | None = None
+        self._last_cleanup_deleted: int | None = None
+        self._total_cleaned = 0
+
+    @property
+    def engine(self) -> Engine:
+        """The Engine the store runs on, for the application's own SQL on the table."""
+        return self._engine
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> Store:
+        """Bring the schema to the current revision and start the cleaner. Idempotent."""
+        with self._lifecycle:
+            if self._executor is not None:
+                return self
+            try:
+                self._create_schema()
+                self._prepared = _Prepared(self._engine, self._config.table_name)
+            except (SQLAlchemyError, CommandError, OSError) as exc:
+                raise unavailable(f"database {self._url} is unavailable", exc) from exc
+            self._executor = Executor(
+                self._engine, durability=self._config.durability, describe=self._url
+            )
+            if self._config.clean_interval is not None:
+                self._cleaner = Cleaner(
+                    self.cleanup,
+                    self._config.clean_interval,
+                    name=f"sauce-sql-cleaner-{self._config.table_name}",
+                )
+                self._cleaner.start()
+            return self
+
+    def close(self) -> None:
+        """Stop the cleaner and release the store's connections. Idempotent."""
+        with self._lifecycle:
+            cleaner, self._cleaner = self._cleaner, None
+            if cleaner is not None:
+                cleaner.stop()
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                executor.close()
+            if self._owns_engine:
+                self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _create_schema(self) -> None:
+        if is_memory(self._engine.url):
+            # A private in-memory database is new at every start: nothing to migrate.
+            metadata = MetaData()
+            sessions_table(self._config.table_name, metadata)
+            metadata.create_all(self._engine)
+        else:
+            migrate.upgrade(self._engine, self._config.table_name)
+
+    # -- operations -----------------------------------------------------------------
+
+    def _started(self) -> tuple[Executor, _Prepared]:
+        executor, prepared = self._executor, self._prepared
+        if executor is None or prepared is None:
+            raise SauceSQLError("the store is not started: call start() or use `with Store(...)`")
+        return executor, prepared
+
+    def _now(self) -> datetime:
+        if self._clock is None:
+            return _utc_now()
+        return validation.aware_utc(self._clock(), "the clock's datetime")
+
+    def _session(self, prepared: _Prepared, row: Any) -> AnalyticsSession:
+        return AnalyticsSession(*prepared.read_row(row))
+
+    def new_session(
+        self,
+        session_id: str | None = None,
+        *,
+        user_agent: str = "",
+        client_ip: str | None = None,
+        user_id: str | None = None,
+    ) -> AnalyticsSession:
+        """Create a live session with both counters at 0 (a random id if none is given).
+
+        Raises SessionExists if a live session has the id; an expired one is replaced.
+        """
+        sid = uuid.uuid4().hex if session_id is None else validation.session_id(session_id)
+        values = self._write_values(sid, user_agent, client_ip, user_id)
+        executor, prepared = self._started()
+        rows, _ = executor.write(prepared.create, values)
+        if not rows:
+            raise SessionExists(sid)
+        return self._session(prepared, rows[0])
+
+    def lookup_session(self, session_id: str) -> AnalyticsSession | None:
+        """The live session with this id, or None."""
+        sid = validation.session_id(session_id)
+        executor, prepared = self._started()
+        values = {"sid": sid, "now": self._now()}
+        rows, _ = executor.read(prepared.select_live, values)
+        return self._session(prepared, rows[0]) if rows else None
+
+    def session_exists(self, session_id: str) -> bool:
+        """Whether a live session has this id."""
+        sid = validation.session_id(session_id)
+        executor, prepared = self._started()
+        values = {"sid": sid, "now": self._now()}
+        rows, _ = executor.read(prepared.exists_live, values)
+        return bool(rows)
+
+    def inc_sequence(self, session_id: str, type: SequenceType | str) -> int:  # noqa: A002
+        """Atomically add 1 to the session's view or event counter; return the new value."""
+        sid = validation.session_id(session_id)
+        column = validation.sequence_column(type)
+        executor, prepared = self._started()
+        now = self._now()
+        if column == "view_sequence":
+            statement = prepared.increment_view
+        else:
+            statement = prepared.increment_event
+        values = {"sid": sid, "now": now, "expires": now + self._max_age}
+        rows, _ = executor.write(statement, values)
+        if not rows:
+            raise SessionNotFound(sid)
+        return int(rows[0][0])
+
+    def assign_user(self, session_id: str, user_id: str | None) -> None:
+        """Set (or with None, clear) the session's user."""
+        sid = validation.session_id(session_id)
+        uid = validation.user_id(user_id)
+        executor, prepared = self._started()
+        now = self._now()
+        values = {"sid": sid, "uid": uid, "now": now, "expires": now + self._max_age}
+        rows, _ = executor.write(prepared.assign_user, values)
+        if not rows:
+            raise SessionNotFound(sid)
+
+    def revive_session(self, revive: ReviveSession) -> AnalyticsSession:
+        """Make the session live under the client's id, keeping any counters it had."""
+        values = self._revive_values(revive)
+        executor, prepared = self._started()
+        rows, _ = executor.write(prepared.revive, values)
+        return self._session(prepared, rows[0])
+
+    def maybe_revive_session(self, revive: ReviveSession) -> AnalyticsSession:
+        """The live session unchanged if there is one, else ``revive_session(revive)``.
+
+        Safe to race: the revival only writes over a row that is still expired, so
+        concurrent callers end with one row and each gets the live session.
+        """
+        values = self._revive_values(revive)
+        executor, prepared = self._started()
+        # Two rounds at most are ever needed; the third guards against a row deleted
+        # by a cleanup whose clock runs ahead of ours between our two statements.
+        for _ in range(3):
+            rows, _ = executor.read(prepared.select_live, values)
+            if rows:
+                return self._session(prepared, rows[0])
+            rows, _ = executor.write(prepared.revive_if_expired, values)
+            if rows:
+                return self._session(prepared, rows[0])
+        raise StoreUnavailable(f"session {revive.session_id!r} kept changing under revival")
+
+    def cleanup(self, now: datetime | None = None) -> int:
+        """Delete every session expired at ``now`` (default: the clock's now), in
+        bounded batches; return how many were deleted."""
+        moment = self._now() if now is None else validation.aware_utc(now, "now")
+        executor, prepared = self._started()
+        deleted = delete_expired(executor, prepared.delete_expired_batch, moment)
+        with self._cleanup_lock:
+            self._last_cleanup_at = moment
+            self._last_cleanup_deleted = deleted
+            self._total_cleaned += deleted
+        return deleted
+
+    def get_state(self) -> StoreState:
+        """The store's configuration and what its cleanups did; works at any time."""
+        cleaner = self._cleaner
+        with self._cleanup_lock:
+            return StoreState(
+                url=self._url,
+                dialect=self._engine.dialect.name,
+                table_name=self._config.table_name,
+                session_max_age=self._config.session_max_age,
+                clean_interval=self._config.clean_interval,
+                cleaner_running=cleaner is not None and cleaner.running,
+                last_cleanup_at=self._last_cleanup_at,
+                last_cleanup_deleted=self._last_cleanup_deleted,
+                total_cleaned=self._total_cleaned,
+            )
+
+    # -- argument checks ------------------------------------------------------------
+
+    def _write_values(
+        self, sid: str, user_agent: object, client_ip: object, user_id: object
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "sid": sid,
+            "ua": validation.user_agent(user_agent),
+            "ip": validation.client_ip(client_ip),
+            "uid": validation.user_id(user_id),
+        }
+        now = self._now()
+        values["now"] = now
+        values["expires"] = now + self._max_age
+        return values
+
+    def _revive_values(self, revive: object) -> dict[str, Any]:
+        if not isinstance(revive, ReviveSession):
+            raise TypeError(f"expected a ReviveSession, not {type(revive).__name__}")
+        sid = validation.session_id(revive.session_id)
+        return self._write_values(sid, revive.user_agent, revive.client_ip, revive.user_id)
