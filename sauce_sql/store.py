@@ -10,11 +10,10 @@ from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
-from alembic.util import CommandError
 from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
-from sauce_sql import migrate, statements, validation
+from sauce_sql import statements, validation
 from sauce_sql.cleanup import Cleaner, delete_expired
 from sauce_sql.config import StoreConfig
 from sauce_sql.connections import Executor
@@ -126,6 +125,10 @@ class Store:
         with self._lifecycle:
             if self._executor is not None:
                 return self
+            # Alembic loads its command machinery (argparse, mako) on import: keep it
+            # out of `import sauce_sql` and pay for it only when a store starts.
+            from alembic.util import CommandError
+
             try:
                 self._create_schema()
                 self._prepared = _Prepared(self._engine, self._config.table_name)
@@ -173,6 +176,8 @@ class Store:
             sessions_table(self._config.table_name, metadata)
             metadata.create_all(self._engine)
         else:
+            from sauce_sql import migrate
+
             migrate.upgrade(self._engine, self._config.table_name)
 
     # -- operations -----------------------------------------------------------------

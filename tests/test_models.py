@@ -1,0 +1,117 @@
+"""The values the store hands out and takes in: frozen dataclasses and a str enum."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from sauce_sql import AnalyticsSession, ReviveSession, SequenceType, StoreState
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+SESSION = AnalyticsSession("sid", "ua", "192.0.2.1", "u1", 1, 2, NOW, NOW, NOW)
+STATE = StoreState("sqlite://", "sqlite", "sessions", 3600.0, None, False, None, None, 0)
+
+
+def test_revive_dict_is_keyed_by_field_name() -> None:
+    """to_dict gives exactly the four field names with their values."""
+    revive = ReviveSession("sid", user_agent="ua", user_id="u1", client_ip="::1")
+    assert revive.to_dict() == {
+        "session_id": "sid",
+        "user_agent": "ua",
+        "user_id": "u1",
+        "client_ip": "::1",
+    }
+
+
+@pytest.mark.parametrize(
+    "revive",
+    [
+        ReviveSession("sid"),
+        ReviveSession("sid", user_agent="Mozilla/5.0", user_id="u1", client_ip="192.0.2.1"),
+        ReviveSession("séance ✓", user_agent="агент 🚀"),
+    ],
+)
+def test_revive_round_trips_through_json(revive: ReviveSession) -> None:
+    """A ReviveSession kept as JSON (a cookie, say) comes back equal."""
+    kept = json.dumps(revive.to_dict())
+    assert ReviveSession.from_dict(json.loads(kept)) == revive
+
+
+def test_revive_defaults() -> None:
+    """A ReviveSession needs only an id: no user agent, user or IP by default."""
+    revive = ReviveSession("sid")
+    assert (revive.user_agent, revive.user_id, revive.client_ip) == ("", None, None)
+    assert ReviveSession.from_dict({"session_id": "sid"}) == revive
+
+
+def test_to_dict_returns_a_new_dict() -> None:
+    """Changing the dict from to_dict does not change the ReviveSession."""
+    revive = ReviveSession("sid", user_agent="ua")
+    data = revive.to_dict()
+    data["user_agent"] = "changed"
+    assert revive.user_agent == "ua"
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [(ReviveSession("sid"), "session_id"), (SESSION, "view_sequence"), (STATE, "url")],
+    ids=["ReviveSession", "AnalyticsSession", "StoreState"],
+)
+def test_values_are_frozen(value: object, field: str) -> None:
+    """The dataclasses refuse assignment to their fields."""
+    assert dataclasses.is_dataclass(value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(value, field, "changed")
+
+
+def test_values_compare_and_hash_by_content() -> None:
+    """Equal field values make equal, hashable values."""
+    assert AnalyticsSession("sid", "ua", "192.0.2.1", "u1", 1, 2, NOW, NOW, NOW) == SESSION
+    assert len({SESSION, dataclasses.replace(SESSION), ReviveSession("a"), ReviveSession("a")}) == 2
+
+
+def test_field_names_follow_the_contract() -> None:
+    """The dataclasses have the contract's fields, in its order."""
+    assert [f.name for f in dataclasses.fields(AnalyticsSession)] == [
+        "session_id",
+        "user_agent",
+        "client_ip",
+        "user_id",
+        "view_sequence",
+        "event_sequence",
+        "created_at",
+        "last_modified",
+        "expires_at",
+    ]
+    assert [f.name for f in dataclasses.fields(ReviveSession)] == [
+        "session_id",
+        "user_agent",
+        "user_id",
+        "client_ip",
+    ]
+    assert [f.name for f in dataclasses.fields(StoreState)] == [
+        "url",
+        "dialect",
+        "table_name",
+        "session_max_age",
+        "clean_interval",
+        "cleaner_running",
+        "last_cleanup_at",
+        "last_cleanup_deleted",
+        "total_cleaned",
+    ]
+
+
+def test_sequence_type_is_a_str_enum() -> None:
+    """SequenceType's members are the strings "view" and "event"."""
+    assert issubclass(SequenceType, str)
+    assert [member.value for member in SequenceType] == ["view", "event"]
+    view: str = SequenceType.VIEW
+    event: str = SequenceType.EVENT
+    assert (view, event) == ("view", "event")
+    assert SequenceType("event") is SequenceType.EVENT
+    assert f"{SequenceType.VIEW}" == "view"
+    assert json.dumps(SequenceType.VIEW) == '"view"'
