@@ -13,10 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import migrate
-from sauce_sql.engine import DEFAULT_URL
-from sauce_sql.errors import SauceSQLError, unavailable
+from sauce_sql.engine import DEFAULT_URL, is_memory
+from sauce_sql.errors import SauceSQLError, StoreUnavailable, unavailable
 from sauce_sql.store import Store
 
 __all__ = ["main"]
@@ -24,6 +28,30 @@ __all__ = ["main"]
 
 def _store(args: argparse.Namespace) -> Store:
     return Store(args.url, table_name=args.table_name, clean_interval=None)
+
+
+def _require_table(engine: Engine, table_name: str) -> None:
+    """Refuse to work on a table that was never migrated, creating nothing.
+
+    ``report`` and ``cleanup`` only read and delete: connecting to a SQLite file that
+    is not there would create it, and starting a store would create the table, so a
+    mistyped URL or table name would pass silently.
+    """
+    missing = f"table {table_name!r} does not exist"
+    hint = "run `sauce-sql migrate` first (or check --url and --table-name)"
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and not is_memory(url) and "uri" not in url.query:
+        path = Path(url.database or "")
+        if not path.exists():
+            raise StoreUnavailable(f"{missing}: there is no database file {str(path)!r}; {hint}")
+    try:
+        with engine.connect() as connection:
+            present = inspect(connection).has_table(table_name)
+    except SQLAlchemyError as exc:
+        where = f"database {url.render_as_string(hide_password=True)} is unavailable"
+        raise unavailable(where, exc) from exc
+    if not present:
+        raise StoreUnavailable(f"{missing}: {hint}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -40,8 +68,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        deleted = store.cleanup()
+    store = _store(args)
+    try:
+        _require_table(store.engine, args.table_name)
+        deleted = store.start().cleanup()
+    finally:
+        store.close()
     print(f"deleted {deleted} expired sessions from {args.table_name!r}")
     return 0
 
@@ -51,6 +83,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     store = _store(args)
     try:
+        _require_table(store.engine, args.table_name)
         report = build_report(store.engine, args.table_name, datetime.now(timezone.utc))
     finally:
         store.close()
@@ -63,6 +96,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.url, table_name=args.table_name, visitors=args.visitors, seed=args.seed)
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sauce_sql.bench import main as run_bench
+
+    return run_bench(args)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,9 +145,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.set_defaults(run=cmd_report)
     sub = command("demo", "simulated visitors across a restart, then a report", url_default=None)
-    sub.add_argument("--visitors", type=int, default=200, help="how many (default: 200)")
+    sub.add_argument("--visitors", type=_positive_int, default=200, help="how many (default: 200)")
     sub.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
     sub.set_defaults(run=cmd_demo)
+    sub = command("bench", "the store against raw sqlite3, psycopg and Redis", url_default=None)
+    sub.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL to measure on ('' to skip; default: the local test db)",
+    )
+    sub.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="Redis to compare with ('' to skip; default: the local server)",
+    )
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--quick", action="store_true", help="small sizes: a minute or two")
+    sub.add_argument("--dir", help="where its SQLite files go (default: a temporary dir)")
+    for size in ("sessions", "rounds", "per-round", "cleanup-rows"):
+        sub.add_argument(f"--{size}", type=_positive_int, help=f"override the {size}")
+    sub.add_argument("--seconds", type=float, help="seconds per concurrent run")
+    sub.add_argument("--memory-sessions", help="session counts for the memory probe: 10000,1000000")
+    sub.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from sauce_sql.errors import InvalidInput
 from sauce_sql.models import AnalyticsSession, ReviveSession
 from sauce_sql.report import build_report, format_report
 from sauce_sql.store import Store
@@ -70,6 +71,10 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> None:
     """Run the demo on ``url``, by default a new SQLite file in a temporary folder."""
+    if isinstance(visitors, bool) or not isinstance(visitors, int):
+        raise TypeError(f"visitors must be an int, not {type(visitors).__name__}")
+    if visitors < 1:
+        raise InvalidInput(f"the demo needs at least 1 visitor, got {visitors}")
     if url is None:
         path = Path(tempfile.mkdtemp(prefix="sauce-sql-demo-")) / "sauce_sql.db"
         url = f"sqlite:///{path}"
@@ -77,15 +82,18 @@ def run_demo(
     rng = random.Random(seed)
     # A week ago, so the visitors' days fall within the report's last seven days.
     clock = SimulatedClock(datetime.now(timezone.utc) - timedelta(days=6, hours=12))
-    options = {
-        "table_name": table_name,
-        "session_max_age": SESSION_MAX_AGE,
-        "clean_interval": None,
-        "clock": clock,
-    }
+
+    def open_store() -> Store:
+        return Store(
+            url,
+            table_name=table_name,
+            session_max_age=SESSION_MAX_AGE,
+            clean_interval=None,
+            clock=clock,
+        )
 
     cookies: list[dict[str, str | None]] = []
-    with Store(url, **options) as store:  # type: ignore[arg-type]
+    with open_store() as store:
         for _ in range(visitors):
             clock.advance(6 * 24 * 3600 / visitors * rng.uniform(0.5, 1.5))
             last = _new_visitor(store, rng)
@@ -95,7 +103,7 @@ def run_demo(
         echo(f"{visitors} visitors browsed over six days; {len(cookies)} kept a revive cookie")
         echo("closing the store (a restart) ...")
 
-    with Store(url, **options) as store:  # type: ignore[arg-type]
+    with open_store() as store:
         after = store.lookup_session(last.session_id)
         survived = before is not None and after == before
         echo(f"reopened: the last visitor's session survived the restart intact: {survived}")

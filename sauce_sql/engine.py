@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
@@ -66,10 +67,33 @@ def configure_sqlite(dbapi_connection: Any, *, durability: str, memory: bool) ->
     try:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not memory:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
         cursor.execute(f"PRAGMA synchronous = {DURABILITY_MODES[durability]}")
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the file in WAL mode, waiting out other connections doing the same.
+
+    WAL is a property of the file, so this is a no-op after the first connection. The
+    switch needs an exclusive lock, and SQLite does not call the busy handler for it:
+    several processes opening a new file at once (app servers starting together) get
+    SQLITE_BUSY at once, so retry until the busy timeout is spent.
+    """
+    import sqlite3  # only ever reached with a SQLite connection open
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 def create_store_engine(url: URL, *, durability: str) -> Engine:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, case, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from sauce_sql import validation
 from sauce_sql.errors import StoreUnavailable, unavailable
 from sauce_sql.schema import sessions_table
 from sauce_sql.statements import utc_day
@@ -61,8 +62,12 @@ def _distribution(connection: Connection, table: Table, column: str, total: int)
 
 
 def build_report(engine: Engine, table_name: str, now: datetime) -> Report:
-    """Read the figures of ``table_name`` as of ``now`` (an aware datetime)."""
-    table = sessions_table(table_name)
+    """Read the figures of ``table_name`` as of ``now`` (an aware datetime).
+
+    Days are UTC days, whatever time zone ``now`` is given in.
+    """
+    now = validation.aware_utc(now, "now")
+    table = sessions_table(validation.table_name(table_name))
     dialect = engine.dialect.name
     try:
         with engine.connect() as connection:
