@@ -10,7 +10,9 @@ from sauce_sql import validation
 from sauce_sql.engine import DURABILITY_MODES
 from sauce_sql.errors import InvalidInput
 
-__all__ = ["StoreConfig"]
+__all__ = ["MAX_AGE_LIMIT", "StoreConfig"]
+
+MAX_AGE_LIMIT = 100 * 365.25 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +40,16 @@ class StoreConfig:
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if durability not in DURABILITY_MODES:
             raise InvalidInput(f"durability must be 'normal' or 'full', got {durability!r}")
+        max_age = validation.positive_seconds(session_max_age, "session_max_age")
+        if max_age > MAX_AGE_LIMIT:
+            # Expiry times must stay within datetime's range (year 9999).
+            raise InvalidInput(
+                f"session_max_age must be at most {MAX_AGE_LIMIT:.0f} s (100 years), "
+                f"got {max_age!r}"
+            )
         return cls(
             table_name=validation.table_name(table_name),
-            session_max_age=validation.positive_seconds(session_max_age, "session_max_age"),
+            session_max_age=max_age,
             clean_interval=(
                 None
                 if clean_interval is None

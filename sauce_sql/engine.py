@@ -40,7 +40,7 @@ def parse_url(url: str | URL | None) -> URL:
         raise TypeError(f"url must be a str or sqlalchemy.URL, not {type(url).__name__}")
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise InvalidInput(f"cannot parse database URL {str(url)!r}: {exc}") from None
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED_DIALECTS:

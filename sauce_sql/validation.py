@@ -7,6 +7,7 @@ path, so each is a few cheap tests: a type check, a length check and one regex s
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -88,6 +89,13 @@ def client_ip(value: object) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         raise TypeError(f"client_ip must be a str, not {type(value).__name__}")
+    return _canonical_ip(value)
+
+
+# Parsing an address costs more than a SQLite read, and a visitor keeps its address
+# for many requests: remember the most recent ones (a refused one is not remembered).
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(value: str) -> str:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -98,6 +106,9 @@ def client_ip(value: object) -> str | None:
         canonical = f"::ffff:{address.ipv4_mapped}"
     if len(canonical) > IP_MAX_LENGTH:
         raise InvalidInput(f"client_ip {value!r} is longer than {IP_MAX_LENGTH} characters")
+    if _FORBIDDEN_IN_ID.search(canonical):
+        # ipaddress takes any text as an IPv6 zone ("fe80::1%\x00"); no database should.
+        raise InvalidInput(f"client_ip {value!r} holds a control character")
     return canonical
 
 
