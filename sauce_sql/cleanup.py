@@ -4,29 +4,92 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Protocol
 
 from sauce_sql.connections import Executor
 from sauce_sql.prepared import Prepared
 
-__all__ = ["BATCH_ROWS", "Cleaner", "delete_expired"]
+__all__ = [
+    "BATCH_SECONDS",
+    "MAX_BATCH_ROWS",
+    "MIN_BATCH_ROWS",
+    "START_BATCH_ROWS",
+    "Cleaner",
+    "CleanupStatements",
+    "delete_expired",
+]
 
 logger = logging.getLogger("sauce_sql.cleanup")
 
-# Rows per DELETE: small enough that a batch holds SQLite's write lock for a few
-# milliseconds, so writers queued behind it are not stalled.
-BATCH_ROWS = 2000
+#: How long one DELETE batch should take, per dialect. On SQLite a batch holds the
+#: database's one write lock, so every writer waits behind it: a few milliseconds.
+#: On PostgreSQL writers of live rows do not wait for it, but each batch is a commit
+#: (a WAL flush) of its own, so batches may be larger.
+BATCH_SECONDS = {"sqlite": 0.008, "postgresql": 0.02}
+#: The first batch's size (a few ms on SQLite on a laptop); later ones adapt to the
+#: time budget within the bounds.
+START_BATCH_ROWS = 1000
+MIN_BATCH_ROWS = 100
+MAX_BATCH_ROWS = 50_000
+_LONGEST_WAIT = 86_400.0
 
 
-def delete_expired(executor: Executor, statement: Prepared, now: datetime) -> int:
-    """Delete every row expired at ``now``, batch by batch; return how many went."""
-    deleted = 0
+class CleanupStatements(Protocol):
+    """The prepared statements a cleanup runs (see :mod:`sauce_sql.statements`)."""
+
+    delete_expired_batch: Prepared
+    expired_bound: Prepared
+    delete_expired_upto: Prepared
+
+
+def delete_expired(executor: Executor, statements: CleanupStatements, now: datetime) -> int:
+    """Delete every row expired at ``now``, batch by batch; return how many went.
+
+    Each batch is sized from the last one's rate so that it takes about
+    :data:`BATCH_SECONDS`: row counts alone would hold the lock for very different
+    times on a fast disk and a slow one, a small table and a huge one.
+    """
+    budget = BATCH_SECONDS.get(executor.dialect.name, 0.02)
+    batch = _sqlite_batch if executor.dialect.name == "sqlite" else _batch
+    rows, deleted = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0
     while True:
-        _, count = executor.write(statement, {"now": now, "batch": BATCH_ROWS})
+        started = time.perf_counter()
+        count, last = batch(executor, statements, now, rows)
+        elapsed = time.perf_counter() - started
         deleted += count
-        if count < BATCH_ROWS:
+        # Deleting writes many pages to the log: fold them into the database now,
+        # beside the writers, rather than in some writer's commit.
+        executor.checkpoint()
+        if last:
             return deleted
+        # At most double per step, so one lucky fast batch cannot make the next one huge.
+        fitting = int(max(count, 1) * budget / max(elapsed, 1e-6))
+        rows = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, 2 * rows, fitting))
+
+
+def _batch(
+    executor: Executor, statements: CleanupStatements, now: datetime, rows: int
+) -> tuple[int, bool]:
+    _, count = executor.write(statements.delete_expired_batch, {"now": now, "batch": rows})
+    return count, count < rows
+
+
+def _sqlite_batch(
+    executor: Executor, statements: CleanupStatements, now: datetime, rows: int
+) -> tuple[int, bool]:
+    # Where the batch ends is read first, beside the writers; the delete is then one
+    # range of the index. A row revived in between expires after now, past the bound.
+    found, _ = executor.read(statements.expired_bound, {"now": now, "batch": rows - 1})
+    if not found:
+        # Fewer than a batch left: one last DELETE takes them all.
+        return _batch(executor, statements, now, rows)[0], True
+    bound_at, bound_id = found[0]
+    values = {"bound_at": bound_at, "bound_id": bound_id}
+    _, count = executor.write(statements.delete_expired_upto, values)
+    return count, False
 
 
 class Cleaner:
@@ -57,8 +120,22 @@ class Cleaner:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
+    def _sleep(self) -> bool:
+        """Wait one interval or until stopped; True when stopped.
+
+        Waits in steps of at most a day: ``Event.wait`` refuses timeouts beyond
+        ``threading.TIMEOUT_MAX``, and a huge interval is a valid way to say "rarely".
+        """
+        deadline = time.monotonic() + self._interval
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self._stop.is_set()
+            if self._stop.wait(min(left, _LONGEST_WAIT)):
+                return True
+
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._sleep():
             try:
                 deleted = self._clean()
             except Exception:

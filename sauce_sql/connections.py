@@ -1,13 +1,24 @@
 """Runs prepared statements on the store's connections; the one error boundary.
 
 SQLite allows one writer at a time, and its busy handler makes waiting writers sleep
-and retry rather than queue. So the writers of one store queue on a Python lock and
-share one held connection; readers of a file database take pooled connections and run
-beside them (WAL). An in-memory database is one connection, so every call queues.
-PostgreSQL takes a pooled connection per call, in autocommit: one statement, one round
+and retry rather than queue. So the writers of one store queue in Python and share one
+held autocommit connection, committing in groups (:mod:`sauce_sql.group_commit`).
+Readers of a file database run beside them (WAL) on connections of their own, and an
+in-memory database is one connection that readers and writers take turns on.
+PostgreSQL runs each call on a held connection in autocommit: one statement, one round
 trip, no separate BEGIN and COMMIT.
 
-Every driver or SQLAlchemy error leaves through :meth:`Executor._unavailable` as
+The store holds its connections itself rather than checking one out of the engine's
+pool per call: a checkout costs as much as a SQLite read. It takes them from the
+engine's pool once and detaches them, so the engine's ``connect`` listeners still run
+and an application's pool is not drained. Idle ones wait on a free list (a plain
+list: ``append`` and ``pop`` are atomic), so the store holds about as many as there
+are threads calling it at once. The pool's own options (``pool_pre_ping``,
+``pool_recycle``) do not apply to them: a dead connection shows itself by failing a
+call, which is then retried once if it only read, and it is replaced together with
+every connection opened before it.
+
+Every driver error leaves through :meth:`Executor._unavailable` as
 :class:`StoreUnavailable` with the cause chained.
 """
 
@@ -25,16 +36,57 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from sauce_sql.engine import configure_sqlite, is_memory
 from sauce_sql.errors import StoreUnavailable, unavailable
+from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
 
-__all__ = ["ConnectionLost", "Executor", "Result"]
+__all__ = ["MAX_IDLE", "ConnectionLost", "Executor", "Result"]
 
 Result = tuple[list[Sequence[Any]], int]
 """The rows a statement returned and the number of rows it changed."""
 
+#: Idle connections kept beyond this many are closed when given back.
+MAX_IDLE = 8
+
+
+class _Forks:
+    """Counts forks, so an executor notices it is in a child for the cost of a compare."""
+
+    generation = 0
+
+    @classmethod
+    def bump(cls) -> None:
+        cls.generation += 1
+
+
+os.register_at_fork(after_in_child=_Forks.bump)
+
+
+class _Raw:
+    """A fixed SQL text run as it is, in the shape of a :class:`Prepared`."""
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+        self.returns_rows = True
+
+
+_CHECKPOINT: Any = _Raw("PRAGMA wal_checkpoint(PASSIVE)")
+
 
 class ConnectionLost(StoreUnavailable):
-    """The connection died under a call; the pool has been told to replace it."""
+    """The connection died under a call; it has been closed and will be replaced."""
+
+
+class _Held:
+    """A DBAPI connection the executor holds, with its one reused cursor."""
+
+    __slots__ = ("connection", "cursor", "epoch")
+
+    def __init__(self, connection: Any, epoch: int) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        # Connections older than the last lost one are presumed dead too (a restarted
+        # server ends them all), and are dropped when given back.
+        self.epoch = epoch
 
 
 class Executor:
@@ -43,147 +95,201 @@ class Executor:
     def __init__(self, engine: Engine, *, durability: str, describe: str) -> None:
         self.engine = engine
         self.dialect = engine.dialect
+        self._error: type[Any] = engine.dialect.loaded_dbapi.Error
         self._describe = describe
         self._durability = durability
         self._sqlite = engine.dialect.name == "sqlite"
         self._memory = self._sqlite and is_memory(engine.url)
-        self._lock = threading.Lock()
-        self._writer: PoolProxiedConnection | None = None
-        self._writer_isolation: str | None = ""
-        self._pid = os.getpid()
+        self._closed = False
+        self._fresh_state()
         # Connections inherited over fork(): the parent still owns them, so the child
         # neither uses nor closes them (closing a PostgreSQL one would end the parent's
-        # session); it only keeps them from being garbage collected into the pool.
-        self._inherited: list[PoolProxiedConnection] = []
+        # session); it only keeps them from being garbage collected.
+        self._inherited: list[Any] = []
+
+    def _fresh_state(self) -> None:
+        self._generation = _Forks.generation
+        self._epoch = 0
+        self._idle: list[_Held] = []
+        self._held: set[_Held] = set()
+        self._writer: _Held | None = None
+        self._memory_proxy: PoolProxiedConnection | None = None
+        self._memory_isolation: str | None = ""
+        self._lock = threading.Lock()
+        self._group = GroupCommitter(self._writer_connection, self._run_on_writer, self._lock)
 
     # -- public surface -------------------------------------------------------------
 
+    @property
+    def group_commit(self) -> GroupCommitter:
+        """The SQLite write queue (its counters tell how well writes were grouped)."""
+        return self._group
+
     def write(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
         """Run a statement that writes; never retried, so never applied twice."""
-        self._after_fork_check()
+        if self._generation != _Forks.generation:
+            self._after_fork()
+        parameters = prepared.parameters(values)
         if self._sqlite:
-            with self._lock:
-                return self._run_on_writer(prepared, values)
-        return self._run_pooled(prepared, values)
+            result: Result = self._group.write(prepared, parameters)
+            return result
+        return self._run_held(prepared, parameters)
 
     def read(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
         """Run a statement that only reads; retried once on a fresh connection if the
         connection it got turns out to be dead (a restarted server, say)."""
-        self._after_fork_check()
+        if self._generation != _Forks.generation:
+            self._after_fork()
+        parameters = prepared.parameters(values)
         if self._memory:
             with self._lock:
-                return self._run_on_writer(prepared, values)
+                return self._run_on_writer(self._writer_connection(), prepared, parameters)
         try:
-            return self._run_pooled(prepared, values)
+            return self._run_held(prepared, parameters)
         except ConnectionLost:
-            return self._run_pooled(prepared, values)
+            return self._run_held(prepared, parameters)
+
+    def checkpoint(self) -> None:
+        """Copy a SQLite file's write-ahead log into the database, beside the writers.
+
+        A PASSIVE checkpoint from a reader connection takes no write lock, so writers
+        go on meanwhile; left to SQLite, the commit that finds the log past 1000 pages
+        does it while holding the write lock, and every queued writer waits tens of
+        milliseconds. Best effort: a busy checkpoint is simply tried again later.
+        """
+        if not self._sqlite or self._memory:
+            return
+        if self._generation != _Forks.generation:
+            self._after_fork()
+        with contextlib.suppress(StoreUnavailable):
+            self._run_held(_CHECKPOINT, ())
 
     def close(self) -> None:
-        """Give the held writer connection back to the pool."""
+        """Close the connections the executor holds; ones in use close when given back."""
+        self._closed = True
+        if self._generation != _Forks.generation:
+            return
         with self._lock:
             writer, self._writer = self._writer, None
             if writer is not None:
-                dbapi: Any = writer.dbapi_connection
+                self._discard(writer)
+            proxy, self._memory_proxy = self._memory_proxy, None
+            if proxy is not None:
+                # The in-memory database's one connection belongs to the engine.
+                dbapi: Any = proxy.dbapi_connection
                 if dbapi is not None:
-                    dbapi.isolation_level = self._writer_isolation
-                writer.close()
+                    dbapi.isolation_level = self._memory_isolation
+                proxy.close()
+        while self._idle:
+            with contextlib.suppress(IndexError):
+                self._discard(self._idle.pop())
 
     # -- connections ----------------------------------------------------------------
 
-    def _after_fork_check(self) -> None:
-        if os.getpid() == self._pid:
-            return
-        self._pid = os.getpid()
-        # A lock held by another thread at fork time would stay held in the child.
-        self._lock = threading.Lock()
-        if self._writer is not None:
-            self._inherited.append(self._writer)
-            self._writer = None
+    def _after_fork(self) -> None:
+        self._inherited.extend(held.connection for held in self._held)
+        if self._memory_proxy is not None:
+            self._inherited.append(self._memory_proxy)
+        # Locks held by another thread at fork time would stay held in the child.
+        self._fresh_state()
 
-    def _checkout(self) -> PoolProxiedConnection:
+    def _open(self) -> _Held:
+        """A new connection of the store's own, set up for its backend."""
+        if self._closed:
+            raise StoreUnavailable("the store's connections are closed")
         try:
-            connection = self.engine.raw_connection()
-        except (SQLAlchemyError, self.dialect.loaded_dbapi.Error) as exc:
+            proxy = self.engine.raw_connection()
+        except (SQLAlchemyError, self._error) as exc:
             raise self._unavailable(exc) from exc
-        if not self._sqlite:
-            dbapi: Any = connection.dbapi_connection
-            dbapi.autocommit = True
-        return connection
+        try:
+            if self._memory:
+                # The one connection of the in-memory database: keep it checked out.
+                self._memory_proxy = proxy
+                dbapi: Any = proxy.dbapi_connection
+                self._memory_isolation = dbapi.isolation_level
+            else:
+                proxy.detach()
+                dbapi = proxy.dbapi_connection
+            if self._sqlite:
+                configure_sqlite(dbapi, durability=self._durability, memory=self._memory)
+                # Autocommit: a lone statement is its own transaction, which takes the
+                # write lock as it starts, so no deferred-transaction upgrade can fail
+                # with SQLITE_BUSY; groups say BEGIN IMMEDIATE themselves.
+                dbapi.isolation_level = None
+            else:
+                dbapi.autocommit = True
+            held = _Held(dbapi, self._epoch)
+        except self._error as exc:
+            proxy.invalidate(exc)
+            raise self._unavailable(exc) from exc
+        self._held.add(held)
+        return held
 
-    def _release(self, connection: PoolProxiedConnection) -> None:
-        dbapi: Any = connection.dbapi_connection
-        if dbapi is not None and not self._sqlite:
-            # The pool may be the application's: hand connections back as found.
-            try:
-                dbapi.autocommit = False
-            except self.dialect.loaded_dbapi.Error as exc:
-                connection.invalidate(exc)
-        connection.close()
+    def _discard(self, held: _Held) -> None:
+        self._held.discard(held)
+        # A failing close means the connection is broken already; it is gone either way.
+        with contextlib.suppress(self._error):
+            held.cursor.close()
+        if held.connection is not getattr(self._memory_proxy, "dbapi_connection", None):
+            with contextlib.suppress(self._error):
+                held.connection.close()
 
-    def _writer_connection(self) -> PoolProxiedConnection:
+    def _writer_connection(self) -> Any:
+        """The writer's DBAPI connection (the only one, in memory); the lock is held."""
         if self._writer is None:
-            writer = self._checkout()
-            try:
-                configure_sqlite(
-                    writer.dbapi_connection, durability=self._durability, memory=self._memory
-                )
-            except self.dialect.loaded_dbapi.Error as exc:
-                writer.invalidate(exc)
-                raise self._unavailable(exc) from exc
-            # Autocommit: each statement is its own transaction, and SQLite takes the
-            # write lock as the statement starts, so no deferred-transaction upgrade
-            # can fail with SQLITE_BUSY.
-            dbapi: Any = writer.dbapi_connection
-            self._writer_isolation = dbapi.isolation_level
-            dbapi.isolation_level = None
-            self._writer = writer
-        return self._writer
+            self._writer = self._open()
+        return self._writer.connection
 
     # -- execution ------------------------------------------------------------------
 
-    def _run_on_writer(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
-        writer = self._writer_connection()
+    def _run_on_writer(self, connection: Any, prepared: Prepared, parameters: Any) -> Result:
+        writer = self._writer
+        assert writer is not None
         try:
-            return self._execute(writer, prepared, values)
+            return self._execute(writer, prepared, parameters)
         except ConnectionLost:
             self._writer = None
+            self._discard(writer)
             raise
 
-    def _run_pooled(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
-        connection = self._checkout()
+    def _run_held(self, prepared: Prepared, parameters: Any) -> Result:
+        while True:
+            try:
+                held = self._idle.pop()
+            except IndexError:
+                held = self._open()
+                break
+            if held.epoch == self._epoch:
+                break
+            self._discard(held)
         try:
-            result = self._execute(connection, prepared, values)
+            result = self._execute(held, prepared, parameters)
         except ConnectionLost:
+            self._epoch += 1
+            self._discard(held)
             raise
         except BaseException:
-            self._release(connection)
+            self._give_back(held)
             raise
-        self._release(connection)
+        self._give_back(held)
         return result
 
-    def _execute(
-        self, connection: PoolProxiedConnection, prepared: Prepared, values: Mapping[str, Any]
-    ) -> Result:
-        dbapi = connection.dbapi_connection
-        assert dbapi is not None
-        cursor = dbapi.cursor()
+    def _give_back(self, held: _Held) -> None:
+        if self._closed or held.epoch < self._epoch or len(self._idle) >= MAX_IDLE:
+            self._discard(held)
+        else:
+            self._idle.append(held)
+
+    def _execute(self, held: _Held, prepared: Prepared, parameters: Any) -> Result:
+        cursor = held.cursor
         try:
-            cursor.execute(prepared.sql, prepared.parameters(values))
-            rows = list(cursor.fetchall()) if cursor.description else []
-            return rows, cursor.rowcount
-        except self.dialect.loaded_dbapi.Error as exc:
-            if self.dialect.is_disconnect(exc, dbapi, cursor):
-                # Let the pool replace every connection as old as this one: after a
-                # server restart they are all dead.
-                self.engine.pool._invalidate(connection, exc)  # noqa: SLF001
-                connection.invalidate(exc)
+            cursor.execute(prepared.sql, parameters)
+            rows = cursor.fetchall() if prepared.returns_rows else []
+        except self._error as exc:
+            if self.dialect.is_disconnect(exc, held.connection, cursor):
                 raise ConnectionLost(*self._unavailable(exc).args) from exc
             raise self._unavailable(exc) from exc
-        finally:
-            # A failing close means the connection is already broken, and that has
-            # been reported above.
-            with contextlib.suppress(self.dialect.loaded_dbapi.Error):
-                cursor.close()
+        return rows, cursor.rowcount
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return unavailable(f"database {self._describe} is unavailable", exc)

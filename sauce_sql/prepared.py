@@ -1,44 +1,113 @@
 """Statements compiled once per store, executed straight on DBAPI connections.
 
 SQLAlchemy builds every statement (:mod:`sauce_sql.statements`) and compiles it once
-for the store's dialect; each call then only converts its parameters with the column
-types' own bind processors and hands the SQL string to the driver. That keeps the hot
-path to the driver's cost plus a few microseconds, with the SQL still written once.
+for the store's dialect; each call then only converts its parameters and hands the SQL
+string to the driver. That keeps the hot path to the driver's cost plus a few
+microseconds, with the SQL still written once.
+
+Parameters and results go through the column types' own processors, except the
+:class:`~sauce_sql.schema.UTCDateTime` columns on SQLite: SQLAlchemy formats and parses
+their text with ``%``-formatting and a regular expression, several microseconds per
+value, so :func:`datetime_to_sqlite` and :func:`datetime_from_sqlite` do the same with
+``isoformat`` and ``fromisoformat``, to the byte.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Dialect
+from sqlalchemy import ColumnElement, Dialect, Select
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["Prepared", "row_reader"]
+from sauce_sql.schema import UTCDateTime
+
+__all__ = ["Prepared", "datetime_from_sqlite", "datetime_to_sqlite", "row_reader"]
 
 _Processor = Callable[[Any], Any]
+_UTC = timezone.utc
+_fromisoformat = datetime.fromisoformat
+
+
+def datetime_to_sqlite(value: datetime) -> str:
+    """An aware datetime as SQLite keeps it: UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    if value.tzinfo is not _UTC:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r} given where an aware one is required")
+        value = value.astimezone(_UTC)
+    # SQLAlchemy's own format; %-formatting beats isoformat() and strftime() here.
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
+
+
+def datetime_from_sqlite(dialect: Dialect) -> Callable[[str | None], datetime | None]:
+    """Parse SQLite's datetime text into an aware UTC datetime.
+
+    Text the store did not write (another program's rows) falls back to SQLAlchemy's
+    own parser, so anything it reads is read the same.
+    """
+    slow = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+    assert slow is not None
+
+    def parse_other(value: str | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            parsed = _fromisoformat(value)
+        except (TypeError, ValueError):
+            return slow(value)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=_UTC)
+        return parsed.astimezone(_UTC)
+
+    def parse(value: str | None) -> datetime | None:
+        try:
+            # Appending the offset is cheaper than replace(tzinfo=...) afterwards,
+            # and fromisoformat gives back the timezone.utc singleton for it.
+            return _fromisoformat(value + "+00:00")  # type: ignore[operator]
+        except (TypeError, ValueError):
+            return parse_other(value)
+
+    return parse
 
 
 def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> _Processor | None:
+    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
+        return datetime_to_sqlite
     return type_.dialect_impl(dialect).bind_processor(dialect)
+
+
+def _result_processor(type_: TypeEngine[Any], dialect: Dialect) -> _Processor | None:
+    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
+        return datetime_from_sqlite(dialect)
+    return type_.dialect_impl(dialect).result_processor(dialect, None)
 
 
 def row_reader(
     columns: Sequence[ColumnElement[Any]], dialect: Dialect
-) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+) -> Callable[[Sequence[Any]], Sequence[Any]]:
     """A function turning a raw driver row of ``columns`` into Python values."""
-    processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+    processors = [_result_processor(c.type, dialect) for c in columns]
     if not any(processors):
         return tuple
-    pairs = [(i, p) for i, p in enumerate(processors) if p is not None]
+    pairs = tuple((i, p) for i, p in enumerate(processors) if p is not None)
 
-    def read(row: Sequence[Any]) -> tuple[Any, ...]:
+    def read(row: Sequence[Any]) -> Sequence[Any]:
         values = list(row)
         for i, process in pairs:
             values[i] = process(values[i])
-        return tuple(values)
+        return values
 
     return read
 
@@ -49,10 +118,19 @@ class Prepared:
     ``parameters(values)`` takes the statement's named runtime parameters and returns
     what the driver wants: a tuple for positional paramstyles (SQLite's ``?``), a dict
     for named ones (psycopg's ``%(name)s``). Literal values SQLAlchemy bound while
-    compiling (the ``1`` of ``view_sequence + 1``) are filled in here once.
+    compiling (the ``0`` of ``LIMIT ? OFFSET ?``) are filled in once, here.
     """
 
-    __slots__ = ("_constants", "_order", "_positional", "_processors", "sql")
+    __slots__ = (
+        "_constants",
+        "_converted",
+        "_order",
+        "_pick",
+        "_plain",
+        "parameters",
+        "returns_rows",
+        "sql",
+    )
 
     def __init__(self, statement: ClauseElement, dialect: Dialect, names: Sequence[str]) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -60,31 +138,42 @@ class Prepared:
         if "POSTCOMPILE" in compiled.string:
             raise AssertionError(f"statement needs per-call compilation: {compiled.string}")
         self.sql: str = compiled.string
-        runtime = set(names)
+        #: Whether the driver hands back rows (a SELECT, or RETURNING).
+        self.returns_rows = isinstance(statement, Select) or bool(compiled.effective_returning)
         binds = compiled.binds
-        self._positional = dialect.positional
-        self._order = tuple(compiled.positiontup or ()) if self._positional else ()
-        self._processors: dict[str, _Processor | None] = {
-            name: _bind_processor(binds[name].type, dialect) for name in runtime
-        }
+        unknown = set(names) - set(binds)
+        if unknown:
+            raise AssertionError(f"parameters {sorted(unknown)} are not in: {self.sql}")
+        processors = {name: _bind_processor(binds[name].type, dialect) for name in names}
+        # Values needing no conversion are copied as they are; converting each name
+        # once matters because a statement may use ``now`` twice.
+        self._plain = tuple(name for name, process in processors.items() if process is None)
+        self._converted = tuple((n, p) for n, p in processors.items() if p is not None)
         self._constants: dict[str, Any] = {}
-        for name in self._order if self._positional else binds:
-            if name in runtime or name not in binds:
+        positional = dialect.positional
+        order = tuple(compiled.positiontup or ()) if positional else tuple(binds)
+        for name in order:
+            if name in processors:
                 continue
             bind = binds[name]
             process = _bind_processor(bind.type, dialect)
             value = bind.effective_value
             self._constants[name] = process(value) if process else value
-        unknown = runtime - set(binds)
-        if unknown:
-            raise AssertionError(f"parameters {sorted(unknown)} are not in: {self.sql}")
+        self._order = order
+        self.parameters: Callable[[Mapping[str, Any]], tuple[Any, ...] | dict[str, Any]]
+        """The driver's parameters for one execution of the statement."""
+        self.parameters = self._positional if positional else self._convert
+        self._pick: Callable[[dict[str, Any]], Any] = itemgetter(*order) if order else tuple
 
-    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        """The driver's parameters for one execution."""
-        converted = dict(self._constants)
-        for name, process in self._processors.items():
-            value = values[name]
-            converted[name] = process(value) if process is not None else value
-        if self._positional:
-            return tuple(converted[name] for name in self._order)
+    def _positional(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        picked = self._pick(self._convert(values))
+        # itemgetter of one name returns the value itself, not a 1-tuple.
+        return picked if len(self._order) != 1 else (picked,)
+
+    def _convert(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        converted = self._constants.copy()
+        for name in self._plain:
+            converted[name] = values[name]
+        for name, process in self._converted:
+            converted[name] = process(values[name])
         return converted

@@ -5,7 +5,7 @@ whose runtime values are named bind parameters:
 
 ``sid``      the session id              ``now``      the operation's one clock reading
 ``expires``  ``now + session_max_age``   ``ua``/``ip``/``uid``  user agent, client IP, user
-``batch``    rows per cleanup batch
+``batch``    rows per cleanup batch       ``bound_at``/``bound_id``  where a batch ends
 
 Each operation is one statement, atomic on its own: counters are ``UPDATE ... RETURNING``,
 creation and revival are the dialect's own upsert (``INSERT ... ON CONFLICT DO UPDATE``),
@@ -32,6 +32,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,6 +61,8 @@ class SessionStatements:
     revive: Insert
     revive_if_expired: Insert
     delete_expired_batch: Delete
+    expired_bound: Select[Any]
+    delete_expired_upto: Delete
 
     #: Runtime parameter names, per statement attribute.
     PARAMETERS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -72,6 +75,8 @@ class SessionStatements:
         "revive": ("sid", "now", "expires", "ua", "ip", "uid"),
         "revive_if_expired": ("sid", "now", "expires", "ua", "ip", "uid"),
         "delete_expired_batch": ("now", "batch"),
+        "expired_bound": ("now", "batch"),
+        "delete_expired_upto": ("bound_at", "bound_id"),
     }
 
 
@@ -156,6 +161,36 @@ def _delete_expired_batch(table: Table, dialect: str) -> Delete:
     return delete(table).where(table.c.session_id.in_(victims), expired)
 
 
+def _expired_bound(table: Table) -> Select[Any]:
+    """The (expires_at, session_id) of the ``batch``-th oldest expired row, if any.
+
+    With :func:`_delete_expired_upto` this deletes a batch as a range of the
+    expires_at index (which holds session_id too, the key of a WITHOUT ROWID table),
+    the way one big DELETE would; on SQLite, picking ids first and deleting each by
+    key costs twice as much per row. The pair, not the time alone, bounds the range,
+    so that many rows expiring at one moment still go in bounded batches.
+    """
+    return (
+        select(table.c.expires_at, table.c.session_id)
+        .where(table.c.expires_at <= _now)
+        .order_by(table.c.expires_at, table.c.session_id)
+        .limit(literal_column("1"))
+        .offset(bindparam("batch", type_=BigInteger()))
+    )
+
+
+def _delete_expired_upto(table: Table) -> Delete:
+    """Delete the expired rows up to a bound from :func:`_expired_bound`.
+
+    The bound was read from the table (raw, as stored), so it is never past the
+    cleanup's now and a row revived since (expiring after now) stays. Only the
+    row-value comparison, no other condition on expires_at: SQLite then scans
+    exactly the range of the index.
+    """
+    bound = tuple_(bindparam("bound_at", type_=String()), bindparam("bound_id", type_=String()))
+    return delete(table).where(tuple_(table.c.expires_at, table.c.session_id) <= bound)
+
+
 def build(table: Table, dialect: str) -> SessionStatements:
     """All statements for ``table`` on ``dialect`` (one of :data:`SUPPORTED_DIALECTS`)."""
     if dialect not in SUPPORTED_DIALECTS:
@@ -179,6 +214,8 @@ def build(table: Table, dialect: str) -> SessionStatements:
         revive=_revive(table, dialect, only_if_expired=False),
         revive_if_expired=_revive(table, dialect, only_if_expired=True),
         delete_expired_batch=_delete_expired_batch(table, dialect),
+        expired_bound=_expired_bound(table),
+        delete_expired_upto=_delete_expired_upto(table),
     )
 
 

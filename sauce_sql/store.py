@@ -57,6 +57,8 @@ class _Prepared:
     revive: Prepared
     revive_if_expired: Prepared
     delete_expired_batch: Prepared
+    expired_bound: Prepared
+    delete_expired_upto: Prepared
 
 
 class Store:
@@ -290,7 +292,7 @@ class Store:
         bounded batches; return how many were deleted."""
         moment = self._now() if now is None else validation.aware_utc(now, "now")
         executor, prepared = self._started()
-        deleted = delete_expired(executor, prepared.delete_expired_batch, moment)
+        deleted = delete_expired(executor, prepared, moment)
         with self._cleanup_lock:
             self._last_cleanup_at = moment
             self._last_cleanup_deleted = deleted

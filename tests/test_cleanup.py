@@ -1,0 +1,116 @@
+"""Cleanup in time-bounded batches: it deletes every expired row and never a live one."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from conftest import FakeClock, StoreFactory
+
+from sauce_sql import ReviveSession, cleanup
+from sauce_sql.connections import Result
+from sauce_sql.prepared import Prepared
+
+WAIT = 10.0  # seconds; only reached when something is broken
+
+
+def test_cleanup_in_many_batches_deletes_every_expired_row(
+    make_store: StoreFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tiny batches, cleanup still deletes exactly the expired rows."""
+    monkeypatch.setattr(cleanup, "MIN_BATCH_ROWS", 3)
+    monkeypatch.setattr(cleanup, "MAX_BATCH_ROWS", 5)
+    store = make_store(session_max_age=60)
+    expired = [store.new_session().session_id for _ in range(23)]
+    clock.advance(120)
+    live = [store.new_session().session_id for _ in range(7)]
+    assert store.cleanup() == len(expired)
+    assert all(store.session_exists(sid) for sid in live)
+    assert store.cleanup() == 0
+
+
+def test_rows_revived_during_cleanup_survive(
+    make_store: StoreFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows revived between two batches are live again, and no later batch deletes them."""
+    monkeypatch.setattr(cleanup, "MIN_BATCH_ROWS", 4)
+    monkeypatch.setattr(cleanup, "MAX_BATCH_ROWS", 4)
+    store = make_store(session_max_age=60)
+    ids = []
+    for _ in range(20):
+        ids.append(store.new_session().session_id)
+        clock.advance(1)  # distinct expiries: batches take the oldest first
+    clock.advance(120)
+    doomed, revived = ids[:12], ids[12:]
+    first_batch, go_on = threading.Event(), threading.Event()
+    executor = store._executor
+    assert executor is not None
+    real_write = executor.write
+
+    def write(statement: Prepared, values: Any) -> Result:
+        result = real_write(statement, values)
+        if not first_batch.is_set():
+            first_batch.set()
+            assert go_on.wait(WAIT)
+        return result
+
+    monkeypatch.setattr(executor, "write", write)
+    deleted: list[int] = []
+    cleaner = threading.Thread(target=lambda: deleted.append(store.cleanup()))
+    cleaner.start()
+    assert first_batch.wait(WAIT)
+    monkeypatch.setattr(executor, "write", real_write)
+    for sid in revived:
+        store.revive_session(ReviveSession(sid))
+    go_on.set()
+    cleaner.join(WAIT)
+    assert deleted == [len(doomed)]
+    assert not any(store.session_exists(sid) for sid in doomed)
+    assert all(store.session_exists(sid) for sid in revived)
+
+
+class _FakeExecutor:
+    """Deletes from a pretend table at a fixed cost per row, on a fake clock."""
+
+    class dialect:  # noqa: N801 - stands in for a Dialect
+        name = "postgresql"
+
+    def __init__(self, rows: int, seconds_per_row: float, clock: list[float]) -> None:
+        self.rows, self.cost, self.clock = rows, seconds_per_row, clock
+        self.batches: list[int] = []
+
+    def write(self, statement: Any, values: dict[str, Any]) -> Result:
+        batch = values["batch"]
+        self.batches.append(batch)
+        count = min(batch, self.rows)
+        self.rows -= count
+        self.clock[0] += count * self.cost
+        return [], count
+
+    def checkpoint(self) -> None:
+        """Nothing to fold in: there is no log."""
+
+
+@pytest.mark.parametrize("seconds_per_row", [1e-7, 2e-6, 1e-4])
+def test_batch_size_follows_the_time_budget(
+    monkeypatch: pytest.MonkeyPatch, seconds_per_row: float
+) -> None:
+    """Batches start at the start size, at most double, stay in bounds, settle on the budget."""
+    now = [0.0]
+    monkeypatch.setattr(cleanup.time, "perf_counter", lambda: now[0])
+    executor = _FakeExecutor(500_000, seconds_per_row, now)
+    statements = SimpleNamespace(delete_expired_batch=None)
+    deleted = cleanup.delete_expired(executor, statements, None)  # type: ignore[arg-type]
+    assert deleted == 500_000
+    sizes = executor.batches
+    assert sizes[0] == cleanup.START_BATCH_ROWS
+    assert all(cleanup.MIN_BATCH_ROWS <= s <= cleanup.MAX_BATCH_ROWS for s in sizes)
+    assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
+    budget = cleanup.BATCH_SECONDS["postgresql"]
+    settled = max(
+        cleanup.MIN_BATCH_ROWS, min(cleanup.MAX_BATCH_ROWS, int(budget / seconds_per_row))
+    )
+    assert abs(sizes[-2] - settled) <= 1
