@@ -1,0 +1,312 @@
+"""``sauce-sql bench``: the store against the raw drivers and Redis, on this machine.
+
+Like pgbench and redis-benchmark, it ships with the package. It measures, on tables of
+the same layout and interleaved so that a busy machine's noise falls on all alike:
+
+1. every operation single-client against the stdlib ``sqlite3`` driver in autocommit on
+   a WAL file, against psycopg on PostgreSQL, and ``inc_sequence`` against redis-py;
+2. 4 threads and 4 processes incrementing at once on one SQLite file;
+3. ``durability="full"`` (an fsync per commit) alone and with 4 threads;
+4. cleanup of many expired rows while a writer runs, against one DELETE;
+5. process memory with few and many sessions, and bytes on disk per session.
+
+It prints medians, p99, worst latencies and ratios against the targets of issue 3, or
+one JSON object with ``--json``. PostgreSQL and Redis are skipped, saying why, when
+they do not answer or their client library is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sqlite3
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sauce_sql.bench import workloads as work
+from sauce_sql.bench.clients import OPERATIONS, RawPostgres, RawSQLite, RedisClient, store_ops
+from sauce_sql.bench.report import evaluate, format_report
+from sauce_sql.prepared import datetime_to_sqlite
+from sauce_sql.store import Store
+
+__all__ = ["BenchOptions", "main", "run"]
+
+MAX_AGE = 3600.0
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure and how much of it."""
+
+    directory: str | None = None
+    pg_url: str | None = None
+    redis_url: str | None = None
+    sessions: int = 10_000
+    rounds: int = 20
+    per_round: int = 500
+    seconds: float = 3.0
+    cleanup_rows: int = 100_000
+    memory_sessions: tuple[int, ...] = (10_000, 1_000_000)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchOptions:
+        """Small sizes: a minute rather than several."""
+        sizes: dict[str, Any] = dict(
+            sessions=2_000,
+            rounds=6,
+            per_round=200,
+            seconds=1.0,
+            cleanup_rows=20_000,
+            memory_sessions=(10_000, 100_000),
+        )
+        return cls(**{**sizes, **overrides})
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _single(
+    contenders: dict[str, dict[str, Callable[[str], Any]]], ids: list[str], o: BenchOptions
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for op in OPERATIONS:
+        runs = {name: ops[op] for name, ops in contenders.items() if op in ops}
+        measured = work.interleaved(runs, ids, rounds=o.rounds, per_round=o.per_round)
+        figures[op] = {name: lat.to_dict() for name, lat in measured.items()}
+    return figures
+
+
+def _sqlite(directory: Path, o: BenchOptions, redis: RedisClient | None) -> dict[str, Any]:
+    path = directory / "bench.db"
+    url = f"sqlite:///{path}"
+    store = Store(url, table_name="bench_store", clean_interval=None).start()
+    full = Store(url, table_name="bench_store", clean_interval=None, durability="full").start()
+    Store(url, table_name="bench_raw", clean_interval=None).start().close()
+    ids = work.new_ids(o.sessions)
+    for table in ("bench_store", "bench_raw"):
+        with _sqlite_connection(path) as connection:
+            work.insert_rows(connection, table, ids, expired=False, paramstyle="qmark")
+    raw = RawSQLite(str(path), "bench_raw", max_age=MAX_AGE, synchronous="NORMAL")
+    result: dict[str, Any] = {}
+    try:
+        _log("sqlite: single client, store and raw sqlite3 interleaved")
+        contenders = {"store": store_ops(store), "raw": raw.ops()}
+        if redis is not None:
+            redis.populate(ids)
+            contenders["redis"] = {"inc_sequence": redis.inc_sequence}
+        result["single"] = _single(contenders, ids, o)
+
+        _log("sqlite: 4 threads, and one raw client for comparison")
+        result["threads"] = _threads(store, path, ids, o, synchronous="NORMAL")
+        _log("sqlite: durability=full")
+        full_raw = RawSQLite(str(path), "bench_raw", max_age=MAX_AGE, synchronous="FULL")
+        inc = {"store": store_ops(full)["inc_sequence"], "raw": full_raw.ops()["inc_sequence"]}
+        single = work.interleaved(inc, ids, rounds=o.rounds // 2 or 1, per_round=o.per_round // 2)
+        result["full"] = {name: lat.to_dict() for name, lat in single.items()}
+        result["full"]["threads"] = _threads(full, path, ids, o, synchronous="FULL")
+        full_raw.close()
+
+        _log("sqlite: 4 processes")
+        result["processes"] = {
+            kind: work.process_writers(kind, url, table, ids[:200], processes=4, seconds=o.seconds)
+            for kind, table in (("store", "bench_store"), ("raw", "bench_raw"))
+        }
+        _log(f"sqlite: cleanup of {o.cleanup_rows} expired rows under a writer")
+        result["cleanup"] = _sqlite_cleanup(path, store, raw, ids, o)
+    finally:
+        raw.close()
+        full.close()
+        store.close()
+        if redis is not None:
+            redis.clear(ids)
+    return result
+
+
+@contextlib.contextmanager
+def _sqlite_connection(path: Path) -> Iterator[sqlite3.Connection]:
+    """A raw connection for bulk inserts: one transaction, committed and closed."""
+    connection = sqlite3.connect(path)
+    try:
+        with connection:
+            yield connection
+    finally:
+        connection.close()
+
+
+def _threads(
+    store: Store, path: Path, ids: list[str], o: BenchOptions, synchronous: str
+) -> dict[str, Any]:
+    def store_op() -> Callable[[str], Any]:
+        return lambda sid: store.inc_sequence(sid, "view")
+
+    raws: list[RawSQLite] = []
+
+    def raw_op() -> Callable[[str], Any]:
+        raw = RawSQLite(str(path), "bench_raw", max_age=MAX_AGE, synchronous=synchronous)
+        raws.append(raw)
+        return raw.ops()["inc_sequence"]
+
+    # The write queue's counters tell how many writes each commit carried.
+    queue = store._executor.group_commit  # type: ignore[union-attr]  # noqa: SLF001
+    before = (queue.groups, queue.grouped_writes)
+    contenders = {"store_4": (store_op, 4), "raw_1": (raw_op, 1), "raw_4": (raw_op, 4)}
+    measured = work.interleaved_threads(contenders, ids, seconds=o.seconds)
+    figures: dict[str, Any] = {name: lat.to_dict() for name, lat in measured.items()}
+    after = (queue.groups, queue.grouped_writes)
+    groups = after[0] - before[0]
+    figures["mean_group"] = (after[1] - before[1]) / groups if groups else 1.0
+    for raw in raws:
+        raw.close()
+    return figures
+
+
+def _sqlite_cleanup(
+    path: Path, store: Store, raw: RawSQLite, ids: list[str], o: BenchOptions
+) -> dict[str, Any]:
+    for table in ("bench_store", "bench_raw"):
+        with _sqlite_connection(path) as connection:
+            work.insert_rows(
+                connection, table, work.new_ids(o.cleanup_rows), expired=True, paramstyle="qmark"
+            )
+
+    def one_delete() -> int:
+        now = datetime_to_sqlite(datetime.now(timezone.utc))
+        sql = "DELETE FROM bench_raw WHERE expires_at <= ?"
+        deleted: int = raw.cursor.execute(sql, (now,)).rowcount
+        return deleted
+
+    raw_writer = RawSQLite(str(path), "bench_raw", max_age=MAX_AGE, synchronous="NORMAL")
+    try:
+        return {
+            "store": work.cleanup_under_load(store.cleanup, store_ops(store)["inc_sequence"], ids),
+            "raw_one_delete": work.cleanup_under_load(
+                one_delete, raw_writer.ops()["inc_sequence"], ids
+            ),
+        }
+    finally:
+        raw_writer.close()
+
+
+def _postgres(url: str, o: BenchOptions) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:8]
+    store_table, raw_table = f"bench_store_{suffix}", f"bench_raw_{suffix}"
+    store = Store(url, table_name=store_table, clean_interval=None).start()
+    Store(url, table_name=raw_table, clean_interval=None).start().close()
+    raw = RawPostgres(url, raw_table, max_age=MAX_AGE)
+    result: dict[str, Any] = {}
+    try:
+        ids = work.new_ids(o.sessions)
+        for table in (store_table, raw_table):
+            work.insert_rows(raw.connection, table, ids, expired=False, paramstyle="format")
+        # Measured on the fresh table: later updates and deletes leave dead row
+        # versions until autovacuum comes by.
+        size = raw.cursor.execute(f"SELECT pg_total_relation_size('{raw_table}')").fetchone()
+        assert size is not None
+        result["bytes_per_session"] = size[0] / len(ids)
+        _log("postgresql: single client, store and raw psycopg interleaved")
+        result["single"] = _single({"store": store_ops(store), "raw": raw.ops()}, ids, o)
+        _log(f"postgresql: cleanup of {o.cleanup_rows} expired rows under a writer")
+        for table in (store_table, raw_table):
+            work.insert_rows(
+                raw.connection,
+                table,
+                work.new_ids(o.cleanup_rows),
+                expired=True,
+                paramstyle="format",
+            )
+        writer = RawPostgres(url, raw_table, max_age=MAX_AGE)
+
+        def one_delete() -> int:
+            return raw.cursor.execute(f"DELETE FROM {raw_table} WHERE expires_at <= now()").rowcount
+
+        result["cleanup"] = {
+            "store": work.cleanup_under_load(store.cleanup, store_ops(store)["inc_sequence"], ids),
+            "raw_one_delete": work.cleanup_under_load(
+                one_delete, writer.ops()["inc_sequence"], ids
+            ),
+        }
+        writer.close()
+    finally:
+        for table in (store_table, raw_table):
+            raw.cursor.execute(f"DROP TABLE IF EXISTS {table}")
+            raw.cursor.execute(f"DROP TABLE IF EXISTS alembic_version_{table}")
+        raw.close()
+        store.close()
+    return result
+
+
+def _redis(url: str | None) -> tuple[RedisClient | None, str | None]:
+    if not url:
+        return None, "no --redis-url"
+    try:
+        return RedisClient(url, f"bench:{uuid.uuid4().hex[:8]}:", max_age=MAX_AGE), None
+    except ImportError:
+        return None, "redis-py is not installed (pip install redis)"
+    except Exception as exc:
+        return None, f"no Redis answers at {url}: {' '.join(str(exc).split())[:120]}"
+
+
+def _pg_reachable(url: str | None) -> str | None:
+    if not url:
+        return "no --pg-url"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install sauce-sql[postgres])"
+    try:
+        RawPostgres(url, "unused", max_age=MAX_AGE).close()
+    except Exception as exc:
+        return f"no PostgreSQL answers at {url}: {' '.join(str(exc).split())[:120]}"
+    return None
+
+
+def run(options: BenchOptions) -> dict[str, Any]:
+    """Run the benchmark; returns every figure, the skipped parts and the targets."""
+    results: dict[str, Any] = {"options": {**options.__dict__}, "skipped": {}}
+    redis, why = _redis(options.redis_url)
+    if why:
+        results["skipped"]["redis"] = why
+    with tempfile.TemporaryDirectory(prefix="sauce-sql-bench-", dir=options.directory) as tmp:
+        try:
+            results["sqlite"] = _sqlite(Path(tmp), options, redis)
+        finally:
+            if redis is not None:
+                redis.close()
+        why = _pg_reachable(options.pg_url)
+        if why:
+            results["skipped"]["postgresql"] = why
+        else:
+            assert options.pg_url is not None
+            results["postgresql"] = _postgres(options.pg_url, options)
+        results["memory"] = []
+        for count in options.memory_sessions:
+            _log(f"memory: {count} sessions")
+            results["memory"].append(work.memory_probe(tmp, count, 20_000))
+    results["targets"] = [t.to_dict() for t in evaluate(results)]
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run from parsed command-line arguments; print the table or JSON."""
+    overrides: dict[str, Any] = {
+        "directory": args.dir,
+        "pg_url": args.pg_url or None,
+        "redis_url": args.redis_url or None,
+    }
+    for name in ("sessions", "rounds", "per_round", "seconds", "cleanup_rows"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.memory_sessions:
+        overrides["memory_sessions"] = tuple(int(x) for x in args.memory_sessions.split(","))
+    options = BenchOptions.quick(**overrides) if args.quick else BenchOptions(**overrides)
+    results = run(options)
+    print(json.dumps(results, indent=2) if args.json else format_report(results))
+    return 0
