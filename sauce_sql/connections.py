@@ -39,13 +39,18 @@ from sauce_sql.errors import StoreUnavailable, unavailable
 from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
 
-__all__ = ["MAX_IDLE", "ConnectionLost", "Executor", "Result"]
+__all__ = ["MAX_IDLE", "MAX_SERVER_CONNECTIONS", "ConnectionLost", "Executor", "Result"]
 
 Result = tuple[list[Sequence[Any]], int]
 """The rows a statement returned and the number of rows it changed."""
 
 #: Idle connections kept beyond this many are closed when given back.
 MAX_IDLE = 8
+#: PostgreSQL connections one store uses at once; further callers wait for one, up to
+#: SERVER_WAIT seconds. Held connections are detached from the engine's pool, so
+#: without this bound a burst of threads would open as many server sessions.
+MAX_SERVER_CONNECTIONS = 16
+SERVER_WAIT = 30.0
 
 
 class _Forks:
@@ -116,6 +121,7 @@ class Executor:
         self._memory_proxy: PoolProxiedConnection | None = None
         self._memory_isolation: str | None = ""
         self._lock = threading.Lock()
+        self._server_slots = threading.BoundedSemaphore(MAX_SERVER_CONNECTIONS)
         self._group = GroupCommitter(self._writer_connection, self._run_on_writer, self._lock)
 
     # -- public surface -------------------------------------------------------------
@@ -253,6 +259,19 @@ class Executor:
             raise
 
     def _run_held(self, prepared: Prepared, parameters: Any) -> Result:
+        if self._sqlite:
+            return self._run_idle_or_new(prepared, parameters)
+        if not self._server_slots.acquire(timeout=SERVER_WAIT):
+            raise StoreUnavailable(
+                f"database {self._describe} is unavailable: all {MAX_SERVER_CONNECTIONS} "
+                f"connections of the store stayed busy for {SERVER_WAIT:.0f} s"
+            )
+        try:
+            return self._run_idle_or_new(prepared, parameters)
+        finally:
+            self._server_slots.release()
+
+    def _run_idle_or_new(self, prepared: Prepared, parameters: Any) -> Result:
         while True:
             try:
                 held = self._idle.pop()
