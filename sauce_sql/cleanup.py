@@ -45,8 +45,18 @@ class CleanupStatements(Protocol):
     delete_expired_upto: Prepared
 
 
-def delete_expired(executor: Executor, statements: CleanupStatements, now: datetime) -> int:
+def delete_expired(
+    executor: Executor,
+    statements: CleanupStatements,
+    now: datetime,
+    *,
+    count: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
     """Delete every row expired at ``now``, batch by batch; return how many went.
+
+    ``count`` is told each batch's deletions as they commit; ``stop``, once set, ends
+    the cleanup between batches (so that closing a store need not wait for a backlog).
 
     Each batch is sized from the last one's rate so that it takes about
     :data:`BATCH_SECONDS`: row counts alone would hold the lock for very different
@@ -57,16 +67,18 @@ def delete_expired(executor: Executor, statements: CleanupStatements, now: datet
     rows, deleted = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0
     while True:
         started = time.perf_counter()
-        count, last = batch(executor, statements, now, rows)
+        done, last = batch(executor, statements, now, rows)
         elapsed = time.perf_counter() - started
-        deleted += count
+        deleted += done
+        if count is not None:
+            count(done)
         # Deleting writes many pages to the log: fold them into the database now,
         # beside the writers, rather than in some writer's commit.
         executor.checkpoint()
-        if last:
+        if last or (stop is not None and stop.is_set()):
             return deleted
         # At most double per step, so one lucky fast batch cannot make the next one huge.
-        fitting = int(max(count, 1) * budget / max(elapsed, 1e-6))
+        fitting = int(max(done, 1) * budget / max(elapsed, 1e-6))
         rows = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, 2 * rows, fitting))
 
 
@@ -93,13 +105,13 @@ def _sqlite_batch(
 
 
 class Cleaner:
-    """A daemon thread that calls ``clean()`` every ``interval`` seconds until stopped.
+    """A daemon thread that calls ``clean(stop)`` every ``interval`` seconds until stopped.
 
     A failing cleanup is logged and tried again at the next tick: a database outage
     must not end the thread.
     """
 
-    def __init__(self, clean: Callable[[], int], interval: float, name: str) -> None:
+    def __init__(self, clean: Callable[[threading.Event], int], interval: float, name: str) -> None:
         self._clean = clean
         self._interval = interval
         self._stop = threading.Event()
@@ -137,7 +149,7 @@ class Cleaner:
     def _run(self) -> None:
         while not self._sleep():
             try:
-                deleted = self._clean()
+                deleted = self._clean(self._stop)
             except Exception:
                 logger.exception("cleanup failed; trying again in %s s", self._interval)
             else:

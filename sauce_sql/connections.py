@@ -174,6 +174,8 @@ class Executor:
         """Close the connections the executor holds; ones in use close when given back."""
         self._closed = True
         if self._generation != _Forks.generation:
+            # In a forked child: everything held is the parent's.
+            self._after_fork()
             return
         with self._lock:
             writer, self._writer = self._writer, None
@@ -186,13 +188,14 @@ class Executor:
                 if dbapi is not None:
                     dbapi.isolation_level = self._memory_isolation
                 proxy.close()
-        while self._idle:
-            with contextlib.suppress(IndexError):
-                self._discard(self._idle.pop())
+        self._drain_idle()
 
     # -- connections ----------------------------------------------------------------
 
     def _after_fork(self) -> None:
+        # The engine's pool still holds the parent's connections (the migration's, say):
+        # drop them unclosed, or parent and child would share one socket or file handle.
+        self.engine.dispose(close=False)
         self._inherited.extend(held.connection for held in self._held)
         if self._memory_proxy is not None:
             self._inherited.append(self._memory_proxy)
@@ -293,11 +296,19 @@ class Executor:
         self._give_back(held)
         return result
 
+    def _drain_idle(self) -> None:
+        while self._idle:
+            with contextlib.suppress(IndexError):  # another thread took the last one
+                self._discard(self._idle.pop())
+
     def _give_back(self, held: _Held) -> None:
         if self._closed or held.epoch < self._epoch or len(self._idle) >= MAX_IDLE:
             self._discard(held)
-        else:
-            self._idle.append(held)
+            return
+        self._idle.append(held)
+        if self._closed:
+            # close() ran while this call was out, and may have drained the list first.
+            self._drain_idle()
 
     def _execute(self, held: _Held, prepared: Prepared, parameters: Any) -> Result:
         cursor = held.cursor

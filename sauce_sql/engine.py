@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
@@ -17,10 +19,12 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "DEFAULT_URL",
     "DURABILITY_MODES",
+    "check_application_engine",
     "configure_sqlite",
     "create_store_engine",
     "is_memory",
     "parse_url",
+    "snapshot",
 ]
 
 DEFAULT_URL = "sqlite:///sauce_sql.db"
@@ -51,6 +55,16 @@ def parse_url(url: str | URL | None) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def check_application_engine(engine: Engine) -> None:
+    """Refuse an application's engine the store cannot share between its threads."""
+    parse_url(engine.url)  # a dialect the store serves
+    if is_memory(engine.url) and not isinstance(engine.pool, StaticPool):
+        raise InvalidInput(
+            "an in-memory SQLite engine gives each thread its own empty database; create "
+            "it with poolclass=StaticPool and connect_args={'check_same_thread': False}"
+        )
 
 
 def is_memory(url: URL) -> bool:
@@ -94,6 +108,20 @@ def _use_wal(cursor: Any) -> None:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(0.01)
+
+
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see one snapshot of the database (for reports)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            yield connection.execution_options(isolation_level="REPEATABLE READ")
+        return
+    with engine.connect() as connection:
+        # pysqlite opens no transaction for reads by itself; one BEGIN makes the
+        # statements that follow read one snapshot. Closing the connection ends it.
+        connection.exec_driver_sql("BEGIN")
+        yield connection
 
 
 def create_store_engine(url: URL, *, durability: str) -> Engine:

@@ -10,7 +10,7 @@ The hierarchy::
                              error is chained as ``__cause__``)
 
 Driver and SQLAlchemy errors never leave the store bare: the store translates them at
-one boundary, :func:`sauce_sql.connections.translate_errors`.
+one boundary: :class:`sauce_sql.connections.Executor` (and, for schema work, ``Store.start``).
 """
 
 from __future__ import annotations

@@ -88,9 +88,20 @@ class GroupCommitter:
                 wake.acquire()
             else:
                 wake = None
+        interrupted: BaseException | None = None
         if wake is not None:
-            wake.acquire()
+            # Once queued, this write is the queue's: a leader may run it or hand over
+            # to it at any moment, so the wait cannot be abandoned (an abandoned head
+            # would stall every later writer). An interrupt (Ctrl-C) is raised after.
+            while True:
+                try:
+                    wake.acquire()
+                    break
+                except BaseException as exc:
+                    interrupted = exc
             if mine.done:
+                if interrupted is not None:
+                    raise interrupted
                 return mine.outcome()
             # At the head of the queue: lead. Only the leader removes from the queue,
             # so the first len(group) entries stay put while it works.
@@ -106,6 +117,8 @@ class GroupCommitter:
                 break
         else:
             self._hand_over()
+        if interrupted is not None:
+            raise interrupted
         return mine.outcome()
 
     def _lead(self, group: list[_Write], mine: _Write) -> list[_Write]:

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine, Table, case, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import validation
+from sauce_sql.engine import snapshot
 from sauce_sql.errors import StoreUnavailable, unavailable
 from sauce_sql.schema import sessions_table
 from sauce_sql.statements import utc_day
@@ -38,6 +39,8 @@ class Report:
     live_sessions: int
     total_sessions: int
     sessions_per_day: dict[str, int]
+    #: Rows created before the first of those days: with the per-day counts, every row.
+    sessions_before_those_days: int
     views_per_session: Distribution
     events_per_session: Distribution
     identified_share: float
@@ -54,11 +57,14 @@ def _distribution(connection: Connection, table: Table, column: str, total: int)
     if total == 0:
         return Distribution(0.0, 0.0, 0)
     mean, maximum = connection.execute(select(func.avg(counter), func.max(counter))).one()
+    if mean is None:
+        return Distribution(0.0, 0.0, 0)
     # The median from the one or two middle values: portable, and an index-free sort
     # of one integer column.
     middle = select(counter).order_by(counter).offset((total - 1) // 2).limit(2 - total % 2)
     values = connection.scalars(middle).all()
-    return Distribution(round(float(mean), 2), sum(values) / len(values), int(maximum))
+    median = sum(values) / len(values) if values else 0.0
+    return Distribution(round(float(mean), 2), median, int(maximum))
 
 
 def build_report(engine: Engine, table_name: str, now: datetime) -> Report:
@@ -70,7 +76,7 @@ def build_report(engine: Engine, table_name: str, now: datetime) -> Report:
     table = sessions_table(validation.table_name(table_name))
     dialect = engine.dialect.name
     try:
-        with engine.connect() as connection:
+        with snapshot(engine) as connection:
             if not inspect(connection).has_table(table_name):
                 raise StoreUnavailable(
                     f"table {table_name!r} does not exist: run `sauce-sql migrate` first"
@@ -95,6 +101,9 @@ def build_report(engine: Engine, table_name: str, now: datetime) -> Report:
             for label, count in per_day:
                 if label in days:
                     days[label] = count
+            earlier = connection.scalar(
+                select(func.count()).select_from(table).where(table.c.created_at < since)
+            )
             agents = connection.execute(
                 select(table.c.user_agent, func.count().label("n"))
                 .group_by(table.c.user_agent)
@@ -107,6 +116,7 @@ def build_report(engine: Engine, table_name: str, now: datetime) -> Report:
                 live_sessions=live,
                 total_sessions=total,
                 sessions_per_day=days,
+                sessions_before_those_days=earlier or 0,
                 views_per_session=_distribution(connection, table, "view_sequence", total),
                 events_per_session=_distribution(connection, table, "event_sequence", total),
                 identified_share=round(identified / total, 4) if total else 0.0,
@@ -141,6 +151,7 @@ def format_report(report: Report) -> str:
     peak = max(report.sessions_per_day.values(), default=0) or 1
     for day, count in report.sessions_per_day.items():
         lines.append(f"    {day}  {count:>6}  {'#' * round(30 * count / peak)}")
+    lines.append(f"    {'earlier':<10}  {report.sessions_before_those_days:>6}")
     lines += ["", "  Top user agents"]
     if not report.top_user_agents:
         lines.append("    (none)")

@@ -17,7 +17,12 @@ from sauce_sql import statements, validation
 from sauce_sql.cleanup import Cleaner, delete_expired
 from sauce_sql.config import StoreConfig
 from sauce_sql.connections import Executor
-from sauce_sql.engine import create_store_engine, is_memory, parse_url
+from sauce_sql.engine import (
+    check_application_engine,
+    create_store_engine,
+    is_memory,
+    parse_url,
+)
 from sauce_sql.errors import (
     InvalidInput,
     SauceSQLError,
@@ -98,7 +103,7 @@ class Store:
         if engine is not None:
             if not isinstance(engine, Engine):
                 raise TypeError(f"engine must be a sqlalchemy.Engine, not {type(engine).__name__}")
-            parse_url(engine.url)  # refuses a dialect the store cannot serve
+            check_application_engine(engine)
             self._engine, self._owns_engine = engine, False
         else:
             self._engine = create_store_engine(parse_url(url), durability=durability)
@@ -141,7 +146,7 @@ class Store:
             )
             if self._config.clean_interval is not None:
                 self._cleaner = Cleaner(
-                    self.cleanup,
+                    lambda stop: self._delete_expired(self._now(), stop),
                     self._config.clean_interval,
                     name=f"sauce-sql-cleaner-{self._config.table_name}",
                 )
@@ -291,12 +296,20 @@ class Store:
         """Delete every session expired at ``now`` (default: the clock's now), in
         bounded batches; return how many were deleted."""
         moment = self._now() if now is None else validation.aware_utc(now, "now")
+        return self._delete_expired(moment, stop=None)
+
+    def _delete_expired(self, moment: datetime, stop: threading.Event | None) -> int:
         executor, prepared = self._started()
-        deleted = delete_expired(executor, prepared, moment)
+
+        def count(deleted: int) -> None:
+            # Per batch, so that rows deleted before a failing batch are still counted.
+            with self._cleanup_lock:
+                self._total_cleaned += deleted
+
+        deleted = delete_expired(executor, prepared, moment, count=count, stop=stop)
         with self._cleanup_lock:
             self._last_cleanup_at = moment
             self._last_cleanup_deleted = deleted
-            self._total_cleaned += deleted
         return deleted
 
     def get_state(self) -> StoreState:

@@ -133,9 +133,14 @@ def positive_seconds(value: object, what: str) -> float:
     """A finite number of seconds greater than zero."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidInput(f"{what} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    # Below a microsecond, timedelta rounds to zero: the session would be born expired.
+    if not math.isfinite(seconds) or seconds < 1e-6:
+        raise InvalidInput(f"{what} must be a finite number of seconds >= 0.000001, got {value!r}")
+    return seconds
 
 
 def table_name(value: object) -> str:

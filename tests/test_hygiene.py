@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from _support import backend_pids, tagged_url, wait_for
 from conftest import Backend, drop_tables
 
-from sauce_sql import ReviveSession, SauceSQLError, Store, StoreUnavailable
+from sauce_sql import InvalidInput, ReviveSession, SauceSQLError, Store, StoreUnavailable
 
 THREADS = 4
 
@@ -213,3 +213,43 @@ def test_store_started_before_fork(persistent_backend: Backend) -> None:
         assert acked == list(range(1, len(acked) + 1))
     finally:
         store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_store_forked_right_after_start(persistent_backend: Backend) -> None:
+    """A store forked straight after start(), before any call (gunicorn's preload),
+    gives parent and child connections of their own: both count correctly."""
+    backend = persistent_backend
+    url, _ = store_url(backend)
+    store = Store(url, table_name=backend.table_name, clean_interval=None).start()
+    try:
+        reader, writer = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover
+            os.close(reader)
+            fork_child(store, writer)
+        os.close(writer)
+        sid = store.new_session("parent").session_id
+        acked = [store.inc_sequence(sid, "view") for _ in range(200)]
+        with os.fdopen(reader, "rb") as pipe:
+            report = json.loads(pipe.read())
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, report
+        assert report["values"] == list(range(1, 51))
+        acked += [store.inc_sequence(sid, "view") for _ in range(20)]
+        assert acked == list(range(1, 221))
+    finally:
+        store.close()
+
+
+def test_in_memory_engine_must_be_shareable() -> None:
+    """An application's in-memory SQLite engine that would give each thread its own
+    database is refused with InvalidInput naming the fix."""
+    engine = sa.create_engine("sqlite://")
+    try:
+        with pytest.raises(InvalidInput, match="StaticPool"):
+            Store(engine=engine)
+    finally:
+        engine.dispose()

@@ -269,3 +269,13 @@ def test_refused_write_on_existing_session_changes_nothing(store: Store, clock: 
         store.assign_user("sid", "x" * 256)
     assert store.lookup_session("sid") == written
     assert written.expires_at == clock.now + timedelta(seconds=3590)
+
+
+@pytest.mark.parametrize("seconds", [10**400, 1e-9, 5e-7])
+def test_max_age_out_of_range_is_refused(seconds: float) -> None:
+    """A max age too large for a float, or below a microsecond (which would make every
+    session expire as it is born), is InvalidInput, not a bare OverflowError."""
+    with pytest.raises(InvalidInput):
+        Store("sqlite://", session_max_age=seconds)
+    with pytest.raises(InvalidInput):
+        Store("sqlite://", clean_interval=seconds)
