@@ -301,15 +301,22 @@ class Store:
     def _delete_expired(self, moment: datetime, stop: threading.Event | None) -> int:
         executor, prepared = self._started()
 
-        def count(deleted: int) -> None:
-            # Per batch, so that rows deleted before a failing batch are still counted.
-            with self._cleanup_lock:
-                self._total_cleaned += deleted
+        done = [0]
 
-        deleted = delete_expired(executor, prepared, moment, count=count, stop=stop)
+        def count(deleted: int) -> None:
+            done[0] += deleted
+
+        try:
+            deleted = delete_expired(executor, prepared, moment, count=count, stop=stop)
+        except BaseException:
+            # The batches before the failing one did delete rows: count them.
+            with self._cleanup_lock:
+                self._total_cleaned += done[0]
+            raise
         with self._cleanup_lock:
             self._last_cleanup_at = moment
             self._last_cleanup_deleted = deleted
+            self._total_cleaned += deleted
         return deleted
 
     def get_state(self) -> StoreState:
