@@ -8,6 +8,7 @@ the test module (pytest puts ``tests/`` on ``sys.path``).
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -112,3 +113,38 @@ def assert_cleaner_works(store: Store, url: str, table: str) -> None:
             old.new_session(f"old-{n}-{uuid.uuid4().hex[:8]}")
     wait_for(lambda: store.get_state().total_cleaned >= cleaned_before + 20, 30, "the cleaner")
     assert store.get_state().cleaner_running
+
+
+def run_children(
+    target: Callable[..., None],
+    args: list[tuple[Any, ...]],
+    timeout: float,
+    started: Callable[[], None] | None = None,
+) -> list[Any]:
+    """Run one spawned child of ``target`` per ``args`` (each also given a result queue),
+    call ``started`` once they are running, and collect one result from each."""
+    results = SPAWN.Queue()
+    children = [SPAWN.Process(target=target, args=(*a, results), daemon=True) for a in args]
+    for child in children:
+        child.start()
+    try:
+        if started is not None:
+            started()
+        collected = []
+        for _ in children:
+            try:
+                collected.append(results.get(timeout=timeout))
+            except queue.Empty:
+                codes = [child.exitcode for child in children]
+                raise AssertionError(f"a child gave no result; exit codes {codes}") from None
+        for child in children:
+            child.join(timeout)
+            assert child.exitcode == 0
+        return collected
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join()
+        results.close()
+        results.join_thread()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _support import SPAWN, admin
+from _support import SPAWN, admin, run_children
 from conftest import Backend
 
 from sauce_sql import ReviveSession, Store
@@ -200,29 +200,10 @@ def clean_in_processes(backend: Backend, count: int, cleaning: threading.Event) 
     """Run cleanup in ``count`` processes at once (setting ``cleaning`` as they begin);
     return how many rows they deleted."""
     barrier = SPAWN.Barrier(count + 1)
-    results = SPAWN.Queue()
-    children = [
-        SPAWN.Process(
-            target=cleaner_child,
-            args=(backend.url, backend.table_name, barrier, results),
-            daemon=True,
-        )
-        for _ in range(count)
-    ]
-    for child in children:
-        child.start()
-    try:
+
+    def started() -> None:
         barrier.wait(60)
         cleaning.set()
-        deleted = sum(results.get(timeout=120) for _ in children)
-        for child in children:
-            child.join(60)
-            assert child.exitcode == 0
-        return deleted
-    finally:
-        for child in children:
-            if child.is_alive():
-                child.kill()
-                child.join()
-        results.close()
-        results.join_thread()
+
+    args = [(backend.url, backend.table_name, barrier)] * count
+    return sum(run_children(cleaner_child, args, 120, started))

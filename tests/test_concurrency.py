@@ -7,13 +7,12 @@ SessionExists only from new_session, and only when another caller got there firs
 
 from __future__ import annotations
 
-import queue
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from _support import SPAWN
+from _support import SPAWN, run_children
 from conftest import Backend, FakeClock
 
 from sauce_sql import ReviveSession, SessionExists, Store
@@ -30,32 +29,7 @@ pytestmark = pytest.mark.slow
 
 def _run_children(target: Any, args_for: Any) -> list[Any]:
     """Run PROCESSES children of ``target`` and collect one result from each."""
-    results = SPAWN.Queue()
-    children = [
-        SPAWN.Process(target=target, args=(*args_for(p), results), daemon=True)
-        for p in range(PROCESSES)
-    ]
-    for child in children:
-        child.start()
-    try:
-        collected = []
-        for _ in children:
-            try:
-                collected.append(results.get(timeout=TIMEOUT))
-            except queue.Empty:
-                codes = [child.exitcode for child in children]
-                raise AssertionError(f"a child gave no result; exit codes {codes}") from None
-        for child in children:
-            child.join(TIMEOUT)
-            assert child.exitcode == 0
-        return collected
-    finally:
-        for child in children:
-            if child.is_alive():
-                child.kill()
-                child.join()
-        results.close()
-        results.join_thread()
+    return run_children(target, [tuple(args_for(p)) for p in range(PROCESSES)], TIMEOUT)
 
 
 def _in_threads(function: Any) -> None:
