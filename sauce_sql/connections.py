@@ -1,10 +1,14 @@
 """Runs prepared statements on the store's connections; the one error boundary.
 
 SQLite allows one writer at a time, and its busy handler makes waiting writers sleep
-and retry rather than queue. So the writers of one store queue in Python and share one
-held autocommit connection, committing in groups (:mod:`sauce_sql.group_commit`).
-Readers of a file database run beside them (WAL) on connections of their own, and an
-in-memory database is one connection that readers and writers take turns on.
+and retry rather than queue. So the writers of one store share one held autocommit
+connection and queue for it in Python: they take turns on it
+(:mod:`sauce_sql.floor`), or with ``durability="full"``, where each commit is an
+fsync, commit in groups (:mod:`sauce_sql.group_commit`). A thread of the store's
+copies the write-ahead log into the database beside them
+(:mod:`sauce_sql.checkpoints`). Readers of a file database run beside the writers
+(WAL) on connections of their own, and an in-memory database is one connection that
+readers and writers take turns on.
 PostgreSQL runs each call on a held connection in autocommit: one statement, one round
 trip, no separate BEGIN and COMMIT.
 
@@ -34,8 +38,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
+from sauce_sql.checkpoints import BACKSTOP_FRAMES, CHECKPOINT_EVERY, Checkpointer, Outcome
 from sauce_sql.engine import configure_sqlite, is_memory
 from sauce_sql.errors import StoreUnavailable, unavailable
+from sauce_sql.floor import WriteFloor
 from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
 
@@ -103,6 +109,8 @@ class Executor:
         self._error: type[Any] = engine.dialect.loaded_dbapi.Error
         self._describe = describe
         self._durability = durability
+        # An fsync per commit costs far more than waking a thread: share commits then.
+        self._shared_commits = durability == "full"
         self._sqlite = engine.dialect.name == "sqlite"
         self._memory = self._sqlite and is_memory(engine.url)
         self._closed = False
@@ -123,13 +131,23 @@ class Executor:
         self._lock = threading.Lock()
         self._server_slots = threading.BoundedSemaphore(MAX_SERVER_CONNECTIONS)
         self._group = GroupCommitter(self._writer_connection, self._run_on_writer, self._lock)
+        self._floor = WriteFloor()
+        self._writes = 0
+        self._checkpointer: Checkpointer | None = None
 
     # -- public surface -------------------------------------------------------------
 
     @property
     def group_commit(self) -> GroupCommitter:
-        """The SQLite write queue (its counters tell how well writes were grouped)."""
+        """The SQLite write queue of ``durability="full"`` (its counters tell how well
+        writes were grouped)."""
         return self._group
+
+    @property
+    def floor(self) -> WriteFloor:
+        """The SQLite write floor of ``durability="normal"`` (its counter tells how
+        often it passed between threads)."""
+        return self._floor
 
     def write(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
         """Run a statement that writes; never retried, so never applied twice."""
@@ -137,7 +155,15 @@ class Executor:
             self._after_fork()
         parameters = prepared.parameters(values)
         if self._sqlite:
-            result: Result = self._group.write(prepared, parameters)
+            result: Result
+            if self._shared_commits:
+                result = self._group.write(prepared, parameters)
+            else:
+                result = self._floor.run(self._write_alone, prepared, parameters)
+            # Not locked: a lost count only moves the next checkpoint a little.
+            self._writes += 1
+            if not self._writes % CHECKPOINT_EVERY and not self._memory:
+                self._checkpoint_soon()
             return result
         return self._run_held(prepared, parameters)
 
@@ -155,20 +181,34 @@ class Executor:
         except ConnectionLost:
             return self._run_held(prepared, parameters)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> Outcome:
         """Copy a SQLite file's write-ahead log into the database, beside the writers.
 
         A PASSIVE checkpoint from a reader connection takes no write lock, so writers
-        go on meanwhile; left to SQLite, the commit that finds the log past 1000 pages
-        does it while holding the write lock, and every queued writer waits tens of
-        milliseconds. Best effort: a busy checkpoint is simply tried again later.
+        go on meanwhile (see :mod:`sauce_sql.checkpoints`). Best effort: a busy or
+        failed checkpoint returns what SQLite said or None, and is simply tried
+        again later.
         """
         if not self._sqlite or self._memory:
-            return
+            return None
         if self._generation != _Forks.generation:
             self._after_fork()
-        with contextlib.suppress(StoreUnavailable):
-            self._run_held(_CHECKPOINT, ())
+        try:
+            rows, _ = self._run_held(_CHECKPOINT, ())
+        except StoreUnavailable:
+            return None
+        busy, in_log, copied = rows[0]
+        return int(busy), int(in_log), int(copied)
+
+    def _checkpoint_soon(self) -> None:
+        with self._lock:
+            if self._checkpointer is None:
+                if self._closed:
+                    return
+                self._checkpointer = Checkpointer(
+                    self.checkpoint, lambda: self._lock, name="sauce-sql-checkpoint"
+                )
+        self._checkpointer.wake()
 
     def close(self) -> None:
         """Close the connections the executor holds; ones in use close when given back."""
@@ -177,6 +217,10 @@ class Executor:
             # In a forked child: everything held is the parent's.
             self._after_fork()
             return
+        with self._lock:
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
         with self._lock:
             writer, self._writer = self._writer, None
             if writer is not None:
@@ -221,6 +265,10 @@ class Executor:
                 dbapi = proxy.dbapi_connection
             if self._sqlite:
                 configure_sqlite(dbapi, durability=self._durability, memory=self._memory)
+                if not self._memory:
+                    # The store's thread checkpoints (sauce_sql.checkpoints); the
+                    # connection's own checkpoint only backs it up.
+                    dbapi.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_FRAMES}")
                 # Autocommit: a lone statement is its own transaction, which takes the
                 # write lock as it starts, so no deferred-transaction upgrade can fail
                 # with SQLITE_BUSY; groups say BEGIN IMMEDIATE themselves.
@@ -250,6 +298,12 @@ class Executor:
         return self._writer.connection
 
     # -- execution ------------------------------------------------------------------
+
+    def _write_alone(self, prepared: Prepared, parameters: Any) -> Result:
+        # One statement in autocommit: its own transaction, which takes the write lock
+        # as it starts. The lock is for the reads of an in-memory database.
+        with self._lock:
+            return self._run_on_writer(self._writer_connection(), prepared, parameters)
 
     def _run_on_writer(self, connection: Any, prepared: Prepared, parameters: Any) -> Result:
         writer = self._writer

@@ -1,8 +1,10 @@
-"""The executor: group commit of SQLite writers, held connections, the error boundary.
+"""The executor: SQLite writers taking turns or sharing commits, held connections, the
+error boundary.
 
-The group-commit tests stop the first writer inside its statement (a SQL function that
-waits on an event), queue the others behind it, and only then let it go, so that the
-others are committed together as one group, whatever the machine's speed.
+The group-commit tests (``durability="full"``) stop the first writer inside its
+statement (a SQL function that waits on an event), queue the others behind it, and
+only then let it go, so that the others are committed together as one group, whatever
+the machine's speed.
 """
 
 from __future__ import annotations
@@ -69,10 +71,21 @@ class Counters:
 
 @pytest.fixture(params=["file", "memory"])
 def counters(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Counters, Gate]]:
-    """Counters 'a' and 'b' at 0 on a SQLite file or in memory, with a gate."""
+    """Counters 'a' and 'b' at 0 on a SQLite file or in memory, with a gate; writes
+    share commits (``durability="full"``)."""
+    yield from _counters(request.param, "full", tmp_path)
+
+
+@pytest.fixture(params=[("file", "normal"), ("memory", "normal"), ("file", "full")])
+def any_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Counters, Gate]]:
+    """Counters as above, writers taking turns (normal) or sharing commits (full)."""
+    yield from _counters(*request.param, tmp_path)
+
+
+def _counters(kind: str, durability: str, tmp_path: Path) -> Iterator[tuple[Counters, Gate]]:
     gate = Gate()
-    url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "file" else "sqlite://"
-    pool = {"poolclass": sa.StaticPool} if request.param == "memory" else {}
+    url = f"sqlite:///{tmp_path / 'c.db'}" if kind == "file" else "sqlite://"
+    pool = {"poolclass": sa.StaticPool} if kind == "memory" else {}
     engine = sa.create_engine(url, connect_args={"check_same_thread": False}, **pool)
     sa.event.listen(engine, "connect", lambda c, _: c.create_function("gate", 1, gate))
     with engine.begin() as connection:
@@ -85,7 +98,7 @@ def counters(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[C
             "BEGIN SELECT RAISE(ROLLBACK, 'poisoned'); END"
         )
         connection.exec_driver_sql("INSERT INTO counters VALUES ('poison', 0)")
-    executor = Executor(engine, durability="normal", describe=url)
+    executor = Executor(engine, durability=durability, describe=url)
     yield Counters(engine, executor), gate
     executor.close()
     engine.dispose()
@@ -169,9 +182,9 @@ def test_a_write_rolling_back_the_transaction_spares_the_others(
     assert counter.value("poison") == 0
 
 
-def test_many_threads_lose_no_write(counters: tuple[Counters, Gate]) -> None:
+def test_many_threads_lose_no_write(any_counters: tuple[Counters, Gate]) -> None:
     """Threads writing at once: each result is unique and the total is exact."""
-    counter, _ = counters
+    counter, _ = any_counters
     results: list[list[int]] = [[] for _ in range(8)]
     start = threading.Barrier(8)
 

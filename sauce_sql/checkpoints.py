@@ -1,0 +1,118 @@
+"""Copying a SQLite file's write-ahead log into the database, beside the writers.
+
+In WAL mode a commit appends the pages it changed to the log, and by default the
+commit that finds the log past 1000 pages then copies them into the database, in the
+caller's time: measured with one writer incrementing random sessions, those
+checkpoints took 40% of the writer's time and made its slowest calls. Here a thread
+of the store's does it instead, on a connection of its own: a PASSIVE checkpoint takes
+no write lock, and the driver lets go of the GIL while it runs, so the copying goes on
+beside the writes (on another core, where there is one).
+
+The log starts over from its beginning only when a writer begins while every frame of
+it has been copied, a moment that never comes while writers are busy all the time:
+the log would grow without end, and each lookup in it gets slower. So once it passes
+:data:`RESTART_FRAMES`, the checkpoint's last pass runs with this process's writers
+paused (a millisecond or so: the frames appended meanwhile and two fsyncs), and the
+next write starts the log over. Each connection's own automatic checkpoint stays, at
+:data:`BACKSTOP_FRAMES`, for when this thread cannot keep up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+__all__ = ["BACKSTOP_FRAMES", "CHECKPOINT_EVERY", "RESTART_FRAMES", "Checkpointer"]
+
+logger = logging.getLogger("sauce_sql.checkpoints")
+
+#: Writes between two checkpoints: a few pages each, so about the 1000 pages at which
+#: SQLite would checkpoint by itself.
+CHECKPOINT_EVERY = 256
+#: Log size (pages) past which the writers are paused for the log to start over.
+RESTART_FRAMES = 4096
+#: A connection's own automatic checkpoint (pages), for when the thread falls behind.
+BACKSTOP_FRAMES = 16384
+
+Outcome = tuple[int, int, int] | None
+"""What ``PRAGMA wal_checkpoint`` says: busy, pages in the log, pages copied; None if
+the checkpoint could not run (the database is unavailable)."""
+
+
+_live: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    # A thread inside SQLite at fork time may hold its locks (the VFS's, the
+    # allocator's) in the child forever: wait for the checkpoints under way to end.
+    for checkpointer in list(_live):
+        checkpointer.running.acquire()
+
+
+def _after_fork() -> None:
+    for checkpointer in list(_live):
+        checkpointer.running.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+class Checkpointer:
+    """A daemon thread that checkpoints when woken, until stopped.
+
+    ``checkpoint`` runs one PASSIVE checkpoint; ``paused`` is a context in which this
+    process's writers wait.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Callable[[], Outcome],
+        paused: Callable[[], AbstractContextManager[object]],
+        name: str,
+    ) -> None:
+        self._checkpoint = checkpoint
+        self._paused = paused
+        self._wake = threading.Event()
+        self._stopped = False
+        #: Held while a checkpoint runs; a fork waits for it (see _before_fork).
+        self.running = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    def wake(self) -> None:
+        """Ask for a checkpoint soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End the thread and wait for it (a checkpoint under way is finished first)."""
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._stopped:
+                return
+            self._wake.clear()
+            try:
+                with self.running:
+                    self._once()
+            except Exception:
+                # Best effort: the backstop keeps the log bounded; try again next time.
+                logger.exception("background checkpoint failed")
+
+    def _once(self) -> None:
+        outcome = self._checkpoint()
+        if outcome is None:
+            return
+        _busy, in_log, _copied = outcome
+        if in_log >= RESTART_FRAMES and not self._stopped:
+            with self._paused():
+                self._checkpoint()

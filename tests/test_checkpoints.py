@@ -1,0 +1,64 @@
+"""The store's checkpoint thread: the write-ahead log stays bounded, the thread ends."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from sauce_sql import Store, checkpoints, connections
+
+FRAME = 4096 + 24  # a page and its frame header
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sauce-sql-checkpoint"]
+
+
+def test_the_log_stays_bounded_under_a_busy_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that never pauses still gets its log started over: the checkpoint
+    thread pauses the process's writers for the last pass once the log is long."""
+    monkeypatch.setattr(checkpoints, "RESTART_FRAMES", 512)
+    # So that only the checkpoint thread can keep the log short.
+    monkeypatch.setattr(connections, "BACKSTOP_FRAMES", 1_000_000)
+    path = tmp_path / "busy.db"
+    store = Store(f"sqlite:///{path}", clean_interval=None).start()
+    try:
+        ids = [store.new_session().session_id for _ in range(3000)]
+        for _ in range(3):
+            for sid in ids:
+                store.inc_sequence(sid, "view")
+        log = path.with_name(path.name + "-wal").stat().st_size
+    finally:
+        store.close()
+    # 12,000 writes of a few pages each append far more than 20,000 frames; the log
+    # file never grows past what it held at its longest.
+    assert log < 8000 * FRAME, f"the log grew to {log // FRAME} frames"
+
+
+def test_close_ends_the_checkpoint_thread(tmp_path: Path) -> None:
+    """The thread starts with the writes and is gone once the store is closed."""
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}", clean_interval=None).start()
+    try:
+        sid = store.new_session().session_id
+        for _ in range(checkpoints.CHECKPOINT_EVERY + 1):
+            store.inc_sequence(sid, "view")
+        assert len(_checkpoint_threads()) == 1
+    finally:
+        store.close()
+    assert not _checkpoint_threads()
+
+
+def test_an_in_memory_store_has_no_checkpoint_thread() -> None:
+    """No log, no thread."""
+    store = Store("sqlite://", clean_interval=None).start()
+    try:
+        sid = store.new_session().session_id
+        for _ in range(checkpoints.CHECKPOINT_EVERY + 1):
+            store.inc_sequence(sid, "view")
+        assert not _checkpoint_threads()
+    finally:
+        store.close()

@@ -1,0 +1,151 @@
+"""The write floor: one writer at a time, no writer starved, no floor lost.
+
+These run real threads against :class:`WriteFloor` itself; the store's own concurrency
+tests (test_concurrency.py, test_connections.py) run it under real writes.
+"""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from sauce_sql import floor as floor_module
+from sauce_sql.floor import WriteFloor
+
+WAIT = 10.0  # seconds; only reached when something is broken
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.0005)
+
+
+@pytest.fixture
+def floor() -> Iterator[WriteFloor]:
+    """A floor, checked to be free and unqueued once the test is done with it."""
+    made = WriteFloor()
+    yield made
+    assert made._holder is None
+    assert not made._line
+
+
+def test_one_writer_at_a_time(floor: WriteFloor) -> None:
+    """However many threads write at once, never two are inside at the same time."""
+    inside, most, calls = [0], [0], [0]
+    start = threading.Barrier(6)
+
+    def write() -> None:
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0)  # let the others run while this one is in
+        calls[0] += 1
+        inside[0] -= 1
+
+    def work() -> None:
+        start.wait()
+        for _ in range(300):
+            floor.run(write)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    assert calls[0] == 1800
+    assert most[0] == 1
+
+
+def test_a_busy_writer_does_not_starve_the_others(floor: WriteFloor) -> None:
+    """A thread writing back to back keeps the floor only for a slice: a thread that
+    lines up behind it gets its turn while the busy one is still writing."""
+    done = threading.Event()
+    busy_calls = [0]
+    deadline = time.monotonic() + WAIT
+
+    def busy() -> None:
+        while not done.is_set() and time.monotonic() < deadline:
+            floor.run(lambda: busy_calls.__setitem__(0, busy_calls[0] + 1))
+
+    hog = threading.Thread(target=busy)
+    hog.start()
+    _wait_for(lambda: busy_calls[0] > 100)
+    before = floor.handoffs
+    assert floor.run(lambda: "mine") == "mine"
+    still_writing = hog.is_alive()
+    done.set()
+    hog.join(WAIT)
+    assert still_writing
+    assert floor.handoffs > before
+
+
+def test_a_holder_that_does_not_come_back_loses_the_floor(
+    floor: WriteFloor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that kept the floor (it was writing in quick succession) and then went
+    away does not keep the line waiting for longer than a slice."""
+    monkeypatch.setattr(floor_module, "SLICE", 50_000_000)  # 50 ms: long enough to see
+    parked, release = threading.Event(), threading.Event()
+    queued = threading.Event()
+
+    def holder() -> None:
+        floor.run(lambda: None)
+        # Back at once, so it counts as writing in quick succession; it stays in until
+        # another thread waits, then leaves keeping the floor and parks.
+        floor.run(lambda: _wait_for(lambda: len(floor._line) == 1))
+        parked.set()
+        release.wait(WAIT)
+
+    def waiter() -> None:
+        queued.set()
+        floor.run(lambda: None)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    _wait_for(lambda: floor._holder is not None)
+    second = threading.Thread(target=waiter)
+    second.start()
+    assert parked.wait(WAIT)
+    assert floor._holder == first.ident, "the quick writer kept the floor as it left"
+    second.join(WAIT)
+    assert not second.is_alive(), "the waiter got the floor while the holder was away"
+    release.set()
+    first.join(WAIT)
+
+
+def test_an_error_in_a_write_gives_the_floor_back(floor: WriteFloor) -> None:
+    """The write's exception reaches its caller, and the floor is free again."""
+
+    def fail() -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        floor.run(fail)
+    assert floor.run(lambda: 1) == 1
+
+
+def test_an_interrupted_waiter_leaves_the_line(floor: WriteFloor) -> None:
+    """Ctrl-C while waiting in line removes the waiter; nobody waits for it after."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(WAIT)
+
+    holder = threading.Thread(target=lambda: floor.run(hold))
+    holder.start()
+    assert entered.wait(WAIT)
+    timer = threading.Timer(0.05, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        floor.run(lambda: None)  # waits in line behind the holder until interrupted
+    timer.join()
+    assert not floor._line
+    release.set()
+    holder.join(WAIT)
+    assert floor.run(lambda: 2) == 2
