@@ -233,6 +233,12 @@ class Executor:
                 dbapi.isolation_level = None
             else:
                 dbapi.autocommit = True
+                # psycopg then hands timestamptz values back in the timezone.utc
+                # singleton, which the reader passes through as they are; in a named
+                # zone (even Etc/UTC) loading and converting each costs a microsecond.
+                # Every time the store sends is an aware datetime, so its results do
+                # not depend on the session's zone.
+                dbapi.execute("SET TIME ZONE 'UTC'")
             held = _Held(dbapi, self._epoch)
         except self._error as exc:
             proxy.invalidate(exc)
