@@ -12,17 +12,19 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import StoreFactory
+from conftest import FakeClock, StoreFactory, drop_tables
 
-from sauce_sql import StoreUnavailable
+from sauce_sql import Store, StoreUnavailable
 from sauce_sql.connections import MAX_IDLE, Executor, Result
-from sauce_sql.prepared import Prepared
+from sauce_sql.prepared import Prepared, utc_passthrough
 
 WAIT = 10.0  # seconds; only reached when something is broken
 
@@ -267,3 +269,33 @@ def test_checkpoint_folds_the_log_in_beside_the_writer(tmp_path: Path) -> None:
     assert (tmp_path / "w.db").stat().st_size > before
     executor.close()
     engine.dispose()
+
+
+def test_postgresql_times_come_back_in_utc_whatever_the_server_zone(postgres_url: str) -> None:
+    """A PostgreSQL session set far from UTC changes neither the instants nor their zone."""
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(postgres_url, connect_args={"options": "-c timezone=Asia/Kathmandu"})
+    now = datetime.now(timezone(timedelta(hours=-7))).replace(microsecond=123456)
+    try:
+        clock = FakeClock(now)
+        with Store(engine=engine, table_name=table, clean_interval=None, clock=clock) as store:
+            store.new_session("s", user_agent="ua")
+            found = store.lookup_session("s")
+        assert found is not None
+        for moment in (found.created_at, found.last_modified, found.expires_at):
+            assert moment.tzinfo is timezone.utc
+        assert found.created_at == now
+        assert found.expires_at == now + timedelta(hours=1)
+    finally:
+        engine.dispose()
+        drop_tables(postgres_url, table)
+
+
+def test_utc_passthrough_converts_all_but_utc_datetimes() -> None:
+    """UTC datetimes pass as they are; others, and None, go through the type's converter."""
+    utc = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    east = datetime(2026, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))
+    convert = utc_passthrough(lambda value: ("converted", value))
+    assert convert(utc) is utc
+    assert convert(east) == ("converted", east)
+    assert convert(None) == ("converted", None)
