@@ -86,7 +86,13 @@ def _batch(
     executor: Executor, statements: CleanupStatements, now: datetime, rows: int
 ) -> tuple[int, bool]:
     _, count = executor.write(statements.delete_expired_batch, {"now": now, "batch": rows})
-    return count, count < rows
+    if count == rows:
+        return count, False
+    # A short batch is not proof that the end was reached: rows it picked may have
+    # been revived meanwhile, or deleted by another process's cleanup (which may
+    # itself stop on a short batch). Only an empty look ends the cleanup.
+    left, _ = executor.read(statements.expired_bound, {"now": now, "batch": 0})
+    return count, not left
 
 
 def _sqlite_batch(
@@ -96,8 +102,10 @@ def _sqlite_batch(
     # range of the index. A row revived in between expires after now, past the bound.
     found, _ = executor.read(statements.expired_bound, {"now": now, "batch": rows - 1})
     if not found:
-        # Fewer than a batch left: one last DELETE takes them all.
-        return _batch(executor, statements, now, rows)[0], True
+        # Fewer than a batch left: one DELETE takes them all (writers are serialised,
+        # and no row becomes expired as of a past moment).
+        _, count = executor.write(statements.delete_expired_batch, {"now": now, "batch": rows})
+        return count, True
     bound_at, bound_id = found[0]
     values = {"bound_at": bound_at, "bound_id": bound_id}
     _, count = executor.write(statements.delete_expired_upto, values)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import FakeClock, StoreFactory
+from _support import admin, libpq_dsn, wait_for
+from conftest import PG_URL, Backend, FakeClock, StoreFactory, make_backend
 
-from sauce_sql import ReviveSession, cleanup
+from sauce_sql import ReviveSession, Store, cleanup
 from sauce_sql.connections import Result
 from sauce_sql.prepared import Prepared
 
@@ -90,6 +93,10 @@ class _FakeExecutor:
         self.clock[0] += count * self.cost
         return [], count
 
+    def read(self, statement: Any, values: dict[str, Any]) -> Result:
+        """Whether any row is left: the look a short batch takes before ending."""
+        return ([("left",)] if self.rows else []), 0
+
     def checkpoint(self) -> None:
         """Nothing to fold in: there is no log."""
 
@@ -102,7 +109,7 @@ def test_batch_size_follows_the_time_budget(
     now = [0.0]
     monkeypatch.setattr(cleanup.time, "perf_counter", lambda: now[0])
     executor = _FakeExecutor(500_000, seconds_per_row, now)
-    statements = SimpleNamespace(delete_expired_batch=None)
+    statements = SimpleNamespace(delete_expired_batch=None, expired_bound=None)
     deleted = cleanup.delete_expired(executor, statements, None)  # type: ignore[arg-type]
     assert deleted == 500_000
     sizes = executor.batches
@@ -114,3 +121,52 @@ def test_batch_size_follows_the_time_budget(
         cleanup.MIN_BATCH_ROWS, min(cleanup.MAX_BATCH_ROWS, int(budget / seconds_per_row))
     )
     assert abs(sizes[-2] - settled) <= 1
+
+
+@pytest.fixture
+def pg_backend(tmp_path: Path) -> Iterator[Backend]:
+    """A table of its own on the PostgreSQL server."""
+    yield from make_backend("postgresql", tmp_path)
+
+
+@pytest.mark.postgresql
+def test_a_batch_cut_short_by_revivals_does_not_end_the_cleanup(
+    pg_backend: Backend, clock: FakeClock
+) -> None:
+    """PostgreSQL: revivals committed while a batch waits for their rows make that
+    batch delete fewer rows than it asked for; the cleanup still goes on to the end."""
+    import psycopg  # only the PostgreSQL tests need the driver
+
+    backend = pg_backend
+    store = Store(PG_URL, table_name=backend.table_name, clock=clock, clean_interval=None)
+    store.start()
+    try:
+        revived = [store.new_session().session_id for _ in range(10)]
+        clock.advance(1)  # the oldest rows, so the first batch picks them
+        doomed = [store.new_session().session_id for _ in range(2 * cleanup.START_BATCH_ROWS)]
+        clock.advance(store.get_state().session_max_age + 10)
+        deleted: list[int] = []
+        with psycopg.connect(libpq_dsn(PG_URL)) as reviver:
+            reviver.execute(
+                f"UPDATE {backend.table_name} SET expires_at = expires_at + interval '1 day'"
+                " WHERE session_id = ANY(%s)",
+                (revived,),
+            )  # not committed yet: the cleanup's first batch waits for these rows
+            cleaner = threading.Thread(target=lambda: deleted.append(store.cleanup()))
+            cleaner.start()
+            with admin(PG_URL) as watcher:
+                wait_for(
+                    lambda: watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE 'DELETE%%'"
+                    ).fetchone()[0],
+                    WAIT,
+                    "the cleanup waiting for the revived rows",
+                )
+            reviver.commit()
+        cleaner.join(WAIT)
+        assert deleted == [len(doomed)]
+        assert store.cleanup() == 0
+        assert all(store.session_exists(sid) for sid in revived)
+    finally:
+        store.close()
