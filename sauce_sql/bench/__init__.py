@@ -154,15 +154,19 @@ def _threads(
         raws.append(raw)
         return raw.ops()["inc_sequence"]
 
-    # The write queue's counters tell how many writes each commit carried.
-    queue = store._executor.group_commit  # type: ignore[union-attr]  # noqa: SLF001
-    before = (queue.groups, queue.grouped_writes)
+    # The write queue's counters tell how many writes each shared commit carried
+    # (durability="full"), the floor's how often it passed between threads ("normal").
+    executor = store._executor  # noqa: SLF001
+    assert executor is not None
+    queue, floor = executor.group_commit, executor.floor
+    before = (queue.groups, queue.grouped_writes, floor.handoffs)
     contenders = {"store_4": (store_op, 4), "raw_1": (raw_op, 1), "raw_4": (raw_op, 4)}
     measured = work.interleaved_threads(contenders, ids, seconds=o.seconds)
     figures: dict[str, Any] = {name: lat.to_dict() for name, lat in measured.items()}
-    after = (queue.groups, queue.grouped_writes)
-    groups = after[0] - before[0]
-    figures["mean_group"] = (after[1] - before[1]) / groups if groups else 1.0
+    groups = queue.groups - before[0]
+    figures["mean_group"] = (queue.grouped_writes - before[1]) / groups if groups else 1.0
+    handoffs = floor.handoffs - before[2]
+    figures["writes_per_turn"] = measured["store_4"].calls / handoffs if handoffs else 0.0
     for raw in raws:
         raw.close()
     return figures

@@ -147,8 +147,8 @@ def _concurrency(lite: dict[str, Any]) -> list[str]:
     for label, f in rows:
         lines.append(f"  {label:<30} {f['ops_per_s']:>9.0f} ops/s  med {_row(f)}")
     lines.append(
-        f"  writes per shared commit (groups of 2+): normal {threads['mean_group']:.1f},"
-        f" full {full['threads']['mean_group']:.1f}"
+        f"  normal: {threads['writes_per_turn']:.0f} writes per turn on the floor;"
+        f" full: {full['threads']['mean_group']:.1f} writes per shared commit (groups of 2+)"
     )
     lines.append(
         f"  durability=full, 1 client: store med {full['store']['median_us']:.1f} us,"
