@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Dialect
 
@@ -26,6 +26,9 @@ from sauce_sql.models import ReviveSession
 from sauce_sql.prepared import datetime_to_sqlite
 from sauce_sql.schema import sessions_table
 from sauce_sql.store import Store
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["OPERATIONS", "Operation", "RawPostgres", "RawSQLite", "RedisClient", "store_ops"]
 
@@ -154,19 +157,33 @@ class RawSQLite:
 class RawPostgres:
     """psycopg 3 in autocommit running the store's SQL: one round trip per operation."""
 
-    def __init__(self, url: str, table_name: str, *, max_age: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        table_name: str,
+        *,
+        max_age: float,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        """Connect to ``url``, or run on ``connection`` (an autocommit psycopg
+        connection that stays its owner's: close() leaves it open)."""
         import psycopg
         from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
-        self.connection = psycopg.connect(_libpq_url(url), autocommit=True)
+        self._owned = connection is None
+        if connection is None:
+            connection = psycopg.connect(_libpq_url(url), autocommit=True)
+        self.connection: psycopg.Connection[Any] = connection
         self.cursor = self.connection.cursor()
         self.max_age = timedelta(seconds=max_age)
         dialect = pg_dialect.dialect()  # type: ignore[no-untyped-call]
         self.sql = {name: text for name, (text, _) in _sql(table_name, dialect).items()}
 
     def close(self) -> None:
-        """Close the connection."""
-        self.connection.close()
+        """Close the connection (if it is this client's own)."""
+        self.cursor.close()
+        if self._owned:
+            self.connection.close()
 
     def ops(self) -> dict[str, Operation]:
         """The same operations as :func:`store_ops`, in raw SQL."""
