@@ -11,10 +11,11 @@ beside the writes (on another core, where there is one).
 The log starts over from its beginning only when a writer begins while every frame of
 it has been copied, a moment that never comes while writers are busy all the time:
 the log would grow without end, and each lookup in it gets slower. So once it passes
-:data:`RESTART_FRAMES`, the checkpoint's last pass runs with this process's writers
-paused (a millisecond or so: the frames appended meanwhile and two fsyncs), and the
-next write starts the log over. Each connection's own automatic checkpoint stays, at
-:data:`BACKSTOP_FRAMES`, for when this thread cannot keep up.
+:data:`RESTART_FRAMES`, the thread catches up with the writers pass by pass, then runs
+the last pass with this process's writers paused (a millisecond or so: the few frames
+appended meanwhile and two fsyncs), and the next write starts the log over. Each
+connection's own automatic checkpoint stays, at :data:`BACKSTOP_FRAMES`, for when
+this thread cannot keep up.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-__all__ = ["BACKSTOP_FRAMES", "CHECKPOINT_EVERY", "RESTART_FRAMES", "Checkpointer"]
+__all__ = [
+    "BACKSTOP_FRAMES",
+    "CATCH_UP_PASSES",
+    "CHECKPOINT_EVERY",
+    "PAUSED_FRAMES",
+    "RESTART_FRAMES",
+    "Checkpointer",
+]
 
 logger = logging.getLogger("sauce_sql.checkpoints")
 
@@ -37,6 +45,11 @@ CHECKPOINT_EVERY = 256
 RESTART_FRAMES = 4096
 #: A connection's own automatic checkpoint (pages), for when the thread falls behind.
 BACKSTOP_FRAMES = 16384
+#: The writers are paused only once a pass found at most this many new pages...
+PAUSED_FRAMES = 512
+#: ...within this many passes of catching up (a cleanup writing fast may outrun them;
+#: the next wake tries again).
+CATCH_UP_PASSES = 4
 
 Outcome = tuple[int, int, int] | None
 """What ``PRAGMA wal_checkpoint`` says: busy, pages in the log, pages copied; None if
@@ -110,9 +123,15 @@ class Checkpointer:
 
     def _once(self) -> None:
         outcome = self._checkpoint()
-        if outcome is None:
-            return
-        _busy, in_log, _copied = outcome
-        if in_log >= RESTART_FRAMES and not self._stopped:
-            with self._paused():
-                self._checkpoint()
+        for _ in range(CATCH_UP_PASSES):
+            if outcome is None or outcome[1] < RESTART_FRAMES or self._stopped:
+                return
+            # Another pass copies what was appended during the last one; once that
+            # is little, the writers are paused for the rest, which is then quick.
+            again = self._checkpoint()
+            if again is not None and again[1] - outcome[1] <= PAUSED_FRAMES:
+                if again[1] >= RESTART_FRAMES:
+                    with self._paused():
+                        self._checkpoint()
+                return
+            outcome = again

@@ -72,9 +72,10 @@ def delete_expired(
         deleted += done
         if count is not None:
             count(done)
-        # Deleting writes many pages to the log: fold them into the database now,
-        # beside the writers, rather than in some writer's commit.
-        executor.checkpoint()
+        # Deleting writes many pages to the log: have the store's thread fold them
+        # into the database beside the writers and the next batch, rather than some
+        # writer's commit or this loop.
+        executor.checkpoint_soon()
         if last or (stop is not None and stop.is_set()):
             return deleted
         # At most double per step, so one lucky fast batch cannot make the next one huge.

@@ -168,8 +168,8 @@ class Executor:
                 result = self._floor.run(self._write_alone, prepared, parameters)
             # Not locked: a lost count only moves the next checkpoint a little.
             self._writes += 1
-            if not self._writes % CHECKPOINT_EVERY and not self._memory:
-                self._checkpoint_soon()
+            if not self._writes % CHECKPOINT_EVERY:
+                self.checkpoint_soon()
             return result
         return self._run_held(prepared, parameters)
 
@@ -206,7 +206,12 @@ class Executor:
         busy, in_log, copied = rows[0]
         return int(busy), int(in_log), int(copied)
 
-    def _checkpoint_soon(self) -> None:
+    def checkpoint_soon(self) -> None:
+        """Have the store's thread checkpoint a SQLite file soon, without waiting."""
+        if not self._sqlite or self._memory:
+            return
+        if self._generation != _Forks.generation:
+            self._after_fork()
         with self._lock:
             if self._checkpointer is None:
                 if self._closed:

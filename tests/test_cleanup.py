@@ -97,7 +97,7 @@ class _FakeExecutor:
         """Whether any row is left: the look a short batch takes before ending."""
         return ([("left",)] if self.rows else []), 0
 
-    def checkpoint(self) -> None:
+    def checkpoint_soon(self) -> None:
         """Nothing to fold in: there is no log."""
 
 
