@@ -131,6 +131,7 @@ class WriteFloor:
                 if not granted:
                     self._line.remove(turn)
             if granted:
+                self._quick = False  # not coming back: hand the floor on at once
                 self._leave()
             raise
 
