@@ -4,7 +4,7 @@ In WAL mode a commit appends the pages it changed to the log, and by default the
 commit that finds the log past 1000 pages then copies them into the database, in the
 caller's time: measured with one writer incrementing random sessions, those
 checkpoints took 40% of the writer's time and made its slowest calls. Here a thread
-of the store's does it instead, on a connection of its own: a PASSIVE checkpoint takes
+of the store's does it instead, on a reader connection: a PASSIVE checkpoint takes
 no write lock, and the driver lets go of the GIL while it runs, so the copying goes on
 beside the writes (on another core, where there is one).
 
@@ -59,16 +59,20 @@ the checkpoint could not run (the database is unavailable)."""
 _live: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
 
 
+_held_over_fork: list[threading.Lock] = []
+
+
 def _before_fork() -> None:
-    # A thread inside SQLite at fork time may hold its locks (the VFS's, the
-    # allocator's) in the child forever: wait for the checkpoints under way to end.
+    # A checkpoint thread inside SQLite at fork time may hold SQLite's own locks (the
+    # VFS's, the allocator's) in the child forever: wait for those under way to end.
     for checkpointer in list(_live):
         checkpointer.running.acquire()
+        _held_over_fork.append(checkpointer.running)
 
 
 def _after_fork() -> None:
-    for checkpointer in list(_live):
-        checkpointer.running.release()
+    while _held_over_fork:
+        _held_over_fork.pop().release()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

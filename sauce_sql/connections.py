@@ -29,6 +29,7 @@ Every driver error leaves through :meth:`Executor._unavailable` as
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import threading
@@ -45,6 +46,8 @@ from sauce_sql.errors import StoreUnavailable, unavailable
 from sauce_sql.floor import WriteFloor
 from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
+
+logger = logging.getLogger("sauce_sql.connections")
 
 __all__ = ["MAX_IDLE", "MAX_SERVER_CONNECTIONS", "ConnectionLost", "Executor", "Result"]
 
@@ -207,19 +210,28 @@ class Executor:
         return int(busy), int(in_log), int(copied)
 
     def checkpoint_soon(self) -> None:
-        """Have the store's thread checkpoint a SQLite file soon, without waiting."""
+        """Have the store's thread checkpoint a SQLite file soon, without waiting for it.
+
+        Called after writes have committed, so it raises nothing: if the thread cannot
+        be started, each connection's own automatic checkpoint keeps the log bounded.
+        """
         if not self._sqlite or self._memory:
             return
         if self._generation != _Forks.generation:
             self._after_fork()
-        with self._lock:
-            if self._checkpointer is None:
-                if self._closed:
-                    return
-                self._checkpointer = Checkpointer(
-                    self.checkpoint, lambda: self._lock, name="sauce-sql-checkpoint"
-                )
-        self._checkpointer.wake()
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            with self._lock:
+                if self._checkpointer is None and not self._closed:
+                    try:
+                        self._checkpointer = Checkpointer(
+                            self.checkpoint, lambda: self._lock, name="sauce-sql-checkpoint"
+                        )
+                    except RuntimeError:  # no new thread (at interpreter exit, say)
+                        logger.warning("no checkpoint thread; SQLite checkpoints alone")
+                checkpointer = self._checkpointer
+        if checkpointer is not None:
+            checkpointer.wake()
 
     def close(self) -> None:
         """Close the connections the executor holds; ones in use close when given back."""

@@ -20,9 +20,9 @@ in line, asleep, as with the starvation bound of Go's ``sync.Mutex``:
 - A holder that left and came back within :data:`QUICK` keeps the floor for up to
   :data:`SLICE` while others wait; a holder that writes only now and then hands the
   floor to the longest waiter as it leaves.
-- The longest waiter wakes when the slice is over and takes the floor if its holder
-  is not writing at that moment (it may never come back); if it is, the holder hands
-  the floor over when it leaves.
+- Waiters wake once a slice; the longest waiter then takes the floor if its holder is
+  not writing at that moment (it may never come back); if it is, the holder hands the
+  floor over when it leaves.
 
 So no call waits much more than a slice per thread ahead of it, and most writes pass
 no thread handoff at all. With ``durability="full"`` an fsync per commit costs far
@@ -75,22 +75,32 @@ class WriteFloor:
         # Per thread: when it last left the floor, to tell a busy writer from an
         # occasional one. Thread-local, so it goes away with the thread.
         self._local = threading.local()
-        #: How many times the floor passed from one thread to another.
+        #: How many times the floor passed from one thread to another (handed over,
+        #: or taken from a holder that went away).
         self.handoffs = 0
 
     def run(self, write: Callable[..., T], *args: object) -> T:
         """Run ``write(*args)`` holding the floor; return what it returns."""
-        self._enter()
-        try:
-            return write(*args)
-        finally:
-            self._leave()
-
-    def _enter(self) -> None:
         me = threading.get_ident()
-        local = self._local
+        try:
+            self._enter(me)
+            result = write(*args)
+        except BaseException:
+            # Whatever failed or was interrupted (Ctrl-C may land anywhere in here),
+            # hand the floor on at once. The plain store comes first because it cannot
+            # be interrupted: a holder that is not writing is one the longest waiter
+            # takes the floor from after a slice, even if _leave never runs.
+            if self._holder == me:
+                self._writing = False
+            self._leave(me, keep=False)
+            raise
+        self._writing = False  # this thread holds the floor: nobody else sets it now
+        self._leave(me, keep=True)
+        return result
+
+    def _enter(self, me: int) -> None:
         now = _clock()
-        quick = now - getattr(local, "left", -QUICK) < QUICK
+        quick = now - getattr(self._local, "left", -QUICK) < QUICK
         handed: _Turn | None = None
         with self._mutex:
             holder = self._holder
@@ -111,40 +121,42 @@ class WriteFloor:
         self._quick = quick
 
     def _wait(self, turn: _Turn) -> None:
-        """Sleep until the floor is handed over, taking it from an absent holder."""
-        try:
-            while not turn.lock.acquire(timeout=SLICE / 1e9):
-                with self._mutex:
-                    if turn.granted:
-                        return
-                    if self._line[0] is turn and not self._writing:
-                        # The holder kept the floor when it left, but has not come
-                        # back within a slice: take it.
-                        self._line.popleft()
-                        self._take(turn, _clock())
-                        return
-        except BaseException:
-            # Interrupted (Ctrl-C) while in line: leave the line, or if the floor
-            # was handed over meanwhile, pass it on, so that nobody waits for us.
-            with self._mutex:
-                granted = turn.granted
-                if not granted:
-                    self._line.remove(turn)
-            if granted:
-                self._quick = False  # not coming back: hand the floor on at once
-                self._leave()
-            raise
+        """Sleep until the floor is handed over, taking it from an absent holder.
 
-    def _leave(self) -> None:
+        Every waiter wakes once a slice, so that one handed the floor by a thread that
+        was interrupted before waking it still goes on; the longest waiter then takes
+        the floor if its holder is not writing (it kept the floor as it left, and may
+        never come back).
+        """
+        while not turn.lock.acquire(timeout=SLICE / 1e9):
+            with self._mutex:
+                if turn.granted:
+                    return
+                if self._line[0] is turn and not self._writing:
+                    now = _clock()
+                    self._line.popleft()
+                    self._take(turn, now)
+                    return
+
+    def _leave(self, me: int, *, keep: bool) -> None:
+        """Give the floor up, or keep it (``keep``) for a thread writing in quick
+        succession whose slice is not over; out of the line if still in it."""
         handed: _Turn | None = None
         now = _clock()
         self._local.left = now
         with self._mutex:
-            self._writing = False
-            if not self._line:
-                self._holder = None
-            elif not self._quick or now - self._since >= SLICE:
-                handed = self._hand_over(now)
+            if self._holder == me:
+                self._writing = False
+                if not self._line:
+                    self._holder = None
+                elif not (keep and self._quick) or now - self._since >= SLICE:
+                    handed = self._hand_over(now)
+            else:
+                # Interrupted while waiting: leave the line, so nobody waits for us.
+                for turn in self._line:
+                    if turn.ident == me:
+                        self._line.remove(turn)
+                        break
         if handed is not None:
             handed.lock.release()
 

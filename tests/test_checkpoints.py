@@ -46,10 +46,15 @@ def test_close_ends_the_checkpoint_thread(tmp_path: Path) -> None:
         sid = store.new_session().session_id
         for _ in range(checkpoints.CHECKPOINT_EVERY + 1):
             store.inc_sequence(sid, "view")
-        assert len(_checkpoint_threads()) == 1
+        executor = store._executor
+        assert executor is not None
+        checkpointer = executor._checkpointer
+        assert checkpointer is not None
+        thread = checkpointer._thread
+        assert thread.is_alive()
     finally:
         store.close()
-    assert not _checkpoint_threads()
+    assert not thread.is_alive()
 
 
 def test_an_in_memory_store_has_no_checkpoint_thread() -> None:

@@ -7,6 +7,8 @@ tests (test_concurrency.py, test_connections.py) run it under real writes.
 from __future__ import annotations
 
 import _thread
+import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,32 +94,32 @@ def test_a_holder_that_does_not_come_back_loses_the_floor(
     """A writer that kept the floor (it was writing in quick succession) and then went
     away does not keep the line waiting for longer than a slice."""
     monkeypatch.setattr(floor_module, "SLICE", 50_000_000)  # 50 ms: long enough to see
-    parked, release = threading.Event(), threading.Event()
-    queued = threading.Event()
+    monkeypatch.setattr(floor_module, "QUICK", 10**12)  # every return counts as quick
+    inside, parked, release = threading.Event(), threading.Event(), threading.Event()
+    kept: list[bool] = []
+
+    def second_write() -> None:
+        inside.set()
+        _wait_for(lambda: len(floor._line) == 1)  # stays in until the other one waits
 
     def holder() -> None:
         floor.run(lambda: None)
-        # Back at once, so it counts as writing in quick succession; it stays in until
-        # another thread waits, then leaves keeping the floor and parks.
-        floor.run(lambda: _wait_for(lambda: len(floor._line) == 1))
+        floor.run(second_write)
+        kept.append(floor._holder == threading.get_ident())
         parked.set()
         release.wait(WAIT)
 
-    def waiter() -> None:
-        queued.set()
-        floor.run(lambda: None)
-
     first = threading.Thread(target=holder)
     first.start()
-    _wait_for(lambda: floor._holder is not None)
-    second = threading.Thread(target=waiter)
+    assert inside.wait(WAIT)
+    second = threading.Thread(target=lambda: floor.run(lambda: None))
     second.start()
     assert parked.wait(WAIT)
-    assert floor._holder == first.ident, "the quick writer kept the floor as it left"
     second.join(WAIT)
     assert not second.is_alive(), "the waiter got the floor while the holder was away"
     release.set()
     first.join(WAIT)
+    assert kept == [True], "the quick writer kept the floor as it left"
 
 
 def test_an_error_in_a_write_gives_the_floor_back(floor: WriteFloor) -> None:
@@ -139,15 +141,55 @@ def test_an_interrupted_waiter_leaves_the_line(floor: WriteFloor) -> None:
         entered.set()
         release.wait(WAIT)
 
+    def interrupt_once_in_line() -> None:
+        _wait_for(lambda: len(floor._line) == 1)
+        _thread.interrupt_main()
+
     holder = threading.Thread(target=lambda: floor.run(hold))
     holder.start()
     assert entered.wait(WAIT)
-    timer = threading.Timer(0.05, _thread.interrupt_main)
-    timer.start()
+    interrupter = threading.Thread(target=interrupt_once_in_line)
+    interrupter.start()
     with pytest.raises(KeyboardInterrupt):
         floor.run(lambda: None)  # waits in line behind the holder until interrupted
-    timer.join()
+    interrupter.join(WAIT)
     assert not floor._line
     release.set()
     holder.join(WAIT)
     assert floor.run(lambda: 2) == 2
+
+
+def test_interrupts_anywhere_never_strand_the_other_writers(floor: WriteFloor) -> None:
+    """Ctrl-C landing at random moments of the main thread's writes (entering, writing,
+    leaving, waiting) never leaves the floor held by nobody who will give it back:
+    another thread writing all along keeps getting turns."""
+    stop, fire = threading.Event(), threading.Event()
+    progress = [0]
+
+    def busy() -> None:
+        while not stop.is_set():
+            floor.run(lambda: None)
+            progress[0] += 1
+
+    def interrupter() -> None:
+        while not stop.is_set():
+            if fire.wait(0.1):
+                fire.clear()
+                time.sleep(random.uniform(0, 0.0005))
+                _thread.interrupt_main()
+
+    threads = [threading.Thread(target=busy), threading.Thread(target=interrupter)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(200):
+            fire.set()
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    floor.run(lambda: None)
+            before = progress[0]
+            _wait_for(lambda before=before: progress[0] > before)  # the other goes on
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT)
