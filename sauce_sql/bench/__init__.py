@@ -53,6 +53,7 @@ class BenchOptions:
     per_round: int = 500
     seconds: float = 3.0
     cleanup_rows: int = 100_000
+    cleanup_runs: int = 3
     memory_sessions: tuple[int, ...] = (10_000, 1_000_000)
 
     @classmethod
@@ -175,11 +176,11 @@ def _threads(
 def _sqlite_cleanup(
     path: Path, store: Store, raw: RawSQLite, ids: list[str], o: BenchOptions
 ) -> dict[str, Any]:
-    for table in ("bench_store", "bench_raw"):
-        with _sqlite_connection(path) as connection:
-            work.insert_rows(
-                connection, table, work.new_ids(o.cleanup_rows), expired=True, paramstyle="qmark"
-            )
+    def prepare() -> None:
+        for table in ("bench_store", "bench_raw"):
+            with _sqlite_connection(path) as connection:
+                rows = work.new_ids(o.cleanup_rows)
+                work.insert_rows(connection, table, rows, expired=True, paramstyle="qmark")
 
     def one_delete() -> int:
         now = datetime_to_sqlite(datetime.now(timezone.utc))
@@ -188,13 +189,12 @@ def _sqlite_cleanup(
         return deleted
 
     raw_writer = RawSQLite(str(path), "bench_raw", max_age=MAX_AGE, synchronous="NORMAL")
+    contenders = {
+        "store": (store.cleanup, store_ops(store)["inc_sequence"]),
+        "raw_one_delete": (one_delete, raw_writer.ops()["inc_sequence"]),
+    }
     try:
-        return {
-            "store": work.cleanup_under_load(store.cleanup, store_ops(store)["inc_sequence"], ids),
-            "raw_one_delete": work.cleanup_under_load(
-                one_delete, raw_writer.ops()["inc_sequence"], ids
-            ),
-        }
+        return work.cleanup_runs(contenders, prepare, ids, runs=o.cleanup_runs)
     finally:
         raw_writer.close()
 
@@ -230,26 +230,24 @@ def _postgres(url: str, o: BenchOptions) -> dict[str, Any]:
         finally:
             beside.close()
         _log(f"postgresql: cleanup of {o.cleanup_rows} expired rows under a writer")
-        for table in (store_table, raw_table):
-            work.insert_rows(
-                raw.connection,
-                table,
-                work.new_ids(o.cleanup_rows),
-                expired=True,
-                paramstyle="format",
-            )
-        writer = RawPostgres(url, raw_table, max_age=MAX_AGE)
+
+        def prepare() -> None:
+            for table in (store_table, raw_table):
+                rows = work.new_ids(o.cleanup_rows)
+                work.insert_rows(raw.connection, table, rows, expired=True, paramstyle="format")
 
         def one_delete() -> int:
             return raw.cursor.execute(f"DELETE FROM {raw_table} WHERE expires_at <= now()").rowcount
 
-        result["cleanup"] = {
-            "store": work.cleanup_under_load(store.cleanup, store_ops(store)["inc_sequence"], ids),
-            "raw_one_delete": work.cleanup_under_load(
-                one_delete, writer.ops()["inc_sequence"], ids
-            ),
-        }
-        writer.close()
+        writer = RawPostgres(url, raw_table, max_age=MAX_AGE)
+        try:
+            contenders = {
+                "store": (store.cleanup, store_ops(store)["inc_sequence"]),
+                "raw_one_delete": (one_delete, writer.ops()["inc_sequence"]),
+            }
+            result["cleanup"] = work.cleanup_runs(contenders, prepare, ids, runs=o.cleanup_runs)
+        finally:
+            writer.close()
     finally:
         for table in (store_table, raw_table):
             raw.cursor.execute(f"DROP TABLE IF EXISTS {table}")
@@ -317,7 +315,7 @@ def main(args: argparse.Namespace) -> int:
         "pg_url": args.pg_url or None,
         "redis_url": args.redis_url or None,
     }
-    for name in ("sessions", "rounds", "per_round", "seconds", "cleanup_rows"):
+    for name in ("sessions", "rounds", "per_round", "seconds", "cleanup_rows", "cleanup_runs"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.memory_sessions:
