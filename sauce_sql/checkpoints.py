@@ -25,7 +25,6 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 __all__ = [
     "BACKSTOP_FRAMES",
@@ -81,14 +80,14 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_c
 class Checkpointer:
     """A daemon thread that checkpoints when woken, until stopped.
 
-    ``checkpoint`` runs one PASSIVE checkpoint; ``paused`` is a context in which this
-    process's writers wait.
+    ``checkpoint`` runs one PASSIVE checkpoint beside the writers; ``paused`` runs one
+    while this process's writers wait.
     """
 
     def __init__(
         self,
         checkpoint: Callable[[], Outcome],
-        paused: Callable[[], AbstractContextManager[object]],
+        paused: Callable[[], Outcome],
         name: str,
     ) -> None:
         self._checkpoint = checkpoint
@@ -134,8 +133,9 @@ class Checkpointer:
             # is little, the writers are paused for the rest, which is then quick.
             again = self._checkpoint()
             if again is not None and again[1] - outcome[1] <= PAUSED_FRAMES:
-                if again[1] >= RESTART_FRAMES:
-                    with self._paused():
-                        self._checkpoint()
+                # Only if that pass could copy every page: when a reader still reads
+                # old pages, the log cannot start over anyway.
+                if again[1] >= RESTART_FRAMES and again[2] >= again[1]:
+                    self._paused()
                 return
             outcome = again

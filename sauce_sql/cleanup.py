@@ -15,6 +15,7 @@ from sauce_sql.prepared import Prepared
 __all__ = [
     "BATCH_SECONDS",
     "MAX_BATCH_ROWS",
+    "MAX_FRUITLESS",
     "MIN_BATCH_ROWS",
     "START_BATCH_ROWS",
     "Cleaner",
@@ -34,6 +35,8 @@ BATCH_SECONDS = {"sqlite": 0.008, "postgresql": 0.02}
 START_BATCH_ROWS = 1000
 MIN_BATCH_ROWS = 100
 MAX_BATCH_ROWS = 50_000
+#: Batches in a row that delete nothing before a cleanup gives up until next time.
+MAX_FRUITLESS = 3
 _LONGEST_WAIT = 86_400.0
 
 
@@ -64,7 +67,7 @@ def delete_expired(
     """
     budget = BATCH_SECONDS.get(executor.dialect.name, 0.02)
     batch = _sqlite_batch if executor.dialect.name == "sqlite" else _batch
-    rows, deleted = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0
+    rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0, 0
     while True:
         started = time.perf_counter()
         done, last = batch(executor, statements, now, rows)
@@ -76,7 +79,10 @@ def delete_expired(
         # into the database beside the writers and the next batch, rather than some
         # writer's commit or this loop.
         executor.checkpoint_soon()
-        if last or (stop is not None and stop.is_set()):
+        # Batches that keep deleting nothing while expired rows are seen (a trigger
+        # cancelling deletes, say) would loop for ever: the next cleanup tries again.
+        fruitless = fruitless + 1 if done == 0 else 0
+        if last or fruitless >= MAX_FRUITLESS or (stop is not None and stop.is_set()):
             return deleted
         # At most double per step, so one lucky fast batch cannot make the next one huge.
         fitting = int(max(done, 1) * budget / max(elapsed, 1e-6))

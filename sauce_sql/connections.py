@@ -225,13 +225,24 @@ class Executor:
                 if self._checkpointer is None and not self._closed:
                     try:
                         self._checkpointer = Checkpointer(
-                            self.checkpoint, lambda: self._lock, name="sauce-sql-checkpoint"
+                            self.checkpoint, self._checkpoint_paused, name="sauce-sql-checkpoint"
                         )
                     except RuntimeError:  # no new thread (at interpreter exit, say)
                         logger.warning("no checkpoint thread; SQLite checkpoints alone")
                 checkpointer = self._checkpointer
         if checkpointer is not None:
             checkpointer.wake()
+
+    def _checkpoint_paused(self) -> Outcome:
+        """A checkpoint on the writer's own connection, so with the writers waiting
+        (and no connection to open meanwhile, unless there was no write yet)."""
+        try:
+            with self._lock:
+                rows, _ = self._run_on_writer(self._writer_connection(), _CHECKPOINT, ())
+        except StoreUnavailable:
+            return None
+        busy, in_log, copied = rows[0]
+        return int(busy), int(in_log), int(copied)
 
     def close(self) -> None:
         """Close the connections the executor holds; ones in use close when given back."""

@@ -170,3 +170,48 @@ def test_a_batch_cut_short_by_revivals_does_not_end_the_cleanup(
         assert all(store.session_exists(sid) for sid in revived)
     finally:
         store.close()
+
+
+def test_a_cleanup_that_cannot_delete_gives_up_until_next_time(
+    make_store: StoreFactory, clock: FakeClock, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows a trigger refuses to delete do not make cleanup loop for ever: it deletes
+    the others, returns, and leaves those for later."""
+    monkeypatch.setattr(cleanup, "MIN_BATCH_ROWS", 5)
+    monkeypatch.setattr(cleanup, "START_BATCH_ROWS", 5)
+    store = make_store(session_max_age=60)
+    table = backend.table_name
+    with store.engine.begin() as connection:
+        if backend.name == "postgresql":
+            connection.exec_driver_sql(
+                f"CREATE FUNCTION keep_{table}() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN IF OLD.session_id LIKE 'keep%%' THEN RETURN NULL; END IF;"
+                " RETURN OLD; END $$"
+            )
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER keep BEFORE DELETE ON {table}"
+                f" FOR EACH ROW EXECUTE FUNCTION keep_{table}()"
+            )
+        else:
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER keep BEFORE DELETE ON {table}"
+                " WHEN OLD.session_id LIKE 'keep%' BEGIN SELECT RAISE(IGNORE); END"
+            )
+    kept = [store.new_session(f"keep-{n}").session_id for n in range(12)]
+    gone = [store.new_session(f"gone-{n}").session_id for n in range(9)]
+    clock.advance(120)
+    try:
+        deleted: list[int] = []
+        cleaner = threading.Thread(target=lambda: deleted.append(store.cleanup()))
+        cleaner.start()
+        cleaner.join(WAIT)
+        assert not cleaner.is_alive(), "cleanup kept trying rows it cannot delete"
+        assert deleted == [len(gone)]
+        with store.engine.connect() as connection:
+            left = connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+        assert left == len(kept)
+    finally:
+        if backend.name == "postgresql":
+            with store.engine.begin() as connection:
+                connection.exec_driver_sql(f"DROP TABLE {table}")
+                connection.exec_driver_sql(f"DROP FUNCTION keep_{table}()")
