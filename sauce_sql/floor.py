@@ -37,10 +37,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["QUICK", "SLICE", "WriteFloor"]
+__all__ = ["QUICK", "ROUND", "SLICE", "WriteFloor"]
 
-#: How long a holder keeps the floor while others wait (ns).
+#: How long a holder keeps the floor while others wait (ns)...
 SLICE = 1_000_000
+#: ...but shorter with a long line, so that a turn of the whole line takes about this
+#: long (ns) and no waiter waits much longer, however many threads there are.
+ROUND = 4_000_000
 #: A thread that comes back to write within this much time (ns) of leaving counts as
 #: writing in quick succession, and keeps the floor for the rest of its slice.
 QUICK = 200_000
@@ -104,7 +107,9 @@ class WriteFloor:
         handed: _Turn | None = None
         with self._mutex:
             holder = self._holder
-            if holder is None or (holder == me and (not self._line or now - self._since < SLICE)):
+            if holder is None or (
+                holder == me and (not self._line or now - self._since < self._slice())
+            ):
                 if holder is None:
                     self._holder, self._since = me, now
                 self._writing, self._quick = True, quick
@@ -149,7 +154,7 @@ class WriteFloor:
                 self._writing = False
                 if not self._line:
                     self._holder = None
-                elif not (keep and self._quick) or now - self._since >= SLICE:
+                elif not (keep and self._quick) or now - self._since >= self._slice():
                     handed = self._hand_over(now)
             else:
                 # Interrupted while waiting: leave the line, so nobody waits for us.
@@ -159,6 +164,10 @@ class WriteFloor:
                         break
         if handed is not None:
             handed.lock.release()
+
+    def _slice(self) -> int:
+        """How long the holder may keep the floor now (ns); the mutex is held."""
+        return max(QUICK, min(SLICE, ROUND // len(self._line))) if self._line else SLICE
 
     def _hand_over(self, now: int) -> _Turn:
         """Give the floor to the longest waiter (the mutex is held); it is to be woken."""
