@@ -17,15 +17,16 @@ in line, asleep, as with the starvation bound of Go's ``sync.Mutex``:
 
 - A thread takes a free floor at once, and gives it back when it leaves with nobody
   waiting: alone, a write costs what the driver costs.
-- A holder that left and came back within :data:`QUICK` keeps the floor for up to
-  :data:`SLICE` while others wait; a holder that writes only now and then hands the
-  floor to the longest waiter as it leaves.
-- Waiters wake once a slice; the longest waiter then takes the floor if its holder is
-  not writing at that moment (it may never come back); if it is, the holder hands the
-  floor over when it leaves.
+- A holder that left and came back within :data:`QUICK` keeps the floor for a slice
+  while others wait: :data:`SLICE`, or less with a long line, so that a round of the
+  whole line takes about :data:`ROUND`. A holder that writes only now and then hands
+  the floor to the longest waiter as it leaves.
+- Waiters wake once per :data:`SLICE`; the longest waiter then takes the floor if its
+  holder is not writing at that moment (it may never come back); if it is, the holder
+  hands the floor over when it leaves.
 
-So no call waits much more than a slice per thread ahead of it, and most writes pass
-no thread handoff at all. With ``durability="full"`` an fsync per commit costs far
+So no call waits much more than a round of the line, and most writes pass no thread
+handoff at all. With ``durability="full"`` an fsync per commit costs far
 more than a handoff, and :mod:`sauce_sql.group_commit` shares commits instead.
 """
 
