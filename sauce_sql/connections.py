@@ -87,6 +87,12 @@ class _Raw:
 _CHECKPOINT: Any = _Raw("PRAGMA wal_checkpoint(PASSIVE)")
 
 
+def _outcome(rows: list[Sequence[Any]]) -> Outcome:
+    """What ``PRAGMA wal_checkpoint`` returned, as ints."""
+    busy, in_log, copied = rows[0]
+    return int(busy), int(in_log), int(copied)
+
+
 class ConnectionLost(StoreUnavailable):
     """The connection died under a call; it has been closed and will be replaced."""
 
@@ -206,8 +212,7 @@ class Executor:
             rows, _ = self._run_held(_CHECKPOINT, ())
         except StoreUnavailable:
             return None
-        busy, in_log, copied = rows[0]
-        return int(busy), int(in_log), int(copied)
+        return _outcome(rows)
 
     def checkpoint_soon(self) -> None:
         """Have the store's thread checkpoint a SQLite file soon, without waiting for it.
@@ -241,8 +246,7 @@ class Executor:
                 rows, _ = self._run_on_writer(self._writer_connection(), _CHECKPOINT, ())
         except StoreUnavailable:
             return None
-        busy, in_log, copied = rows[0]
-        return int(busy), int(in_log), int(copied)
+        return _outcome(rows)
 
     def close(self) -> None:
         """Close the connections the executor holds; ones in use close when given back."""
