@@ -26,8 +26,11 @@ SPAWN = multiprocessing.get_context("spawn")
 FAR_FUTURE = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.01
+) -> Any:
+    """Poll ``predicate`` every ``interval`` s until it returns something truthy; fail
+    after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -35,7 +38,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 def tagged_url(base: str, prefix: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from _support import wait_for
 
 from sauce_sql import floor as floor_module
 from sauce_sql.floor import WriteFloor
@@ -22,10 +23,8 @@ WAIT = 10.0  # seconds; only reached when something is broken
 
 
 def _wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.0005)
+    # Threads here change state within microseconds: poll finely.
+    wait_for(condition, WAIT, "the other threads", interval=0.0005)
 
 
 @pytest.fixture
