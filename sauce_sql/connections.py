@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from sauce_sql.checkpoints import BACKSTOP_FRAMES, CHECKPOINT_EVERY, Checkpointer, Outcome
-from sauce_sql.engine import configure_sqlite, is_memory
+from sauce_sql.engine import configure_sqlite, is_memory, prepare_threshold
 from sauce_sql.errors import StoreUnavailable, unavailable
 from sauce_sql.floor import WriteFloor
 from sauce_sql.group_commit import GroupCommitter
@@ -123,6 +123,7 @@ class Executor:
         self._shared_commits = durability == "full"
         self._sqlite = engine.dialect.name == "sqlite"
         self._memory = self._sqlite and is_memory(engine.url)
+        self._prepare_threshold = None if self._sqlite else prepare_threshold(engine.url)
         self._closed = False
         self._fresh_state()
         # Connections inherited over fork(): the parent still owns them, so the child
@@ -313,6 +314,8 @@ class Executor:
                 dbapi.isolation_level = None
             else:
                 dbapi.autocommit = True
+                # Whatever the engine says: see engine.prepare_threshold.
+                dbapi.prepare_threshold = self._prepare_threshold
                 # psycopg then hands timestamptz values back in the timezone.utc
                 # singleton, which the reader passes through as they are; in a named
                 # zone (even Etc/UTC) loading and converting each costs a microsecond.

@@ -24,6 +24,7 @@ __all__ = [
     "create_store_engine",
     "is_memory",
     "parse_url",
+    "prepare_threshold",
     "snapshot",
 ]
 
@@ -55,6 +56,32 @@ def parse_url(url: str | URL | None) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def prepare_threshold(url: URL) -> int | None:
+    """After how many runs psycopg prepares a statement on the server; None: never.
+
+    Never, unless the URL says ``?prepare_threshold=N``: psycopg names prepared
+    statements per client connection, and a pooler that hands server connections
+    between clients (PgBouncer in transaction or statement mode, before 1.21) lets
+    such a name reach another connection, where it means another statement.
+    """
+    given = url.query.get("prepare_threshold")
+    if given is None:
+        return None
+    text = given if isinstance(given, str) else given[-1]
+    if text.strip().lower() in ("", "none"):
+        return None
+    try:
+        threshold = int(text)
+    except ValueError:
+        threshold = -1
+    if threshold < 0:
+        raise InvalidInput(
+            "prepare_threshold in the database URL must be a whole number >= 0 or 'none', "
+            f"got {text[:40]!r}"
+        )
+    return threshold
 
 
 def check_application_engine(engine: Engine) -> None:
@@ -129,10 +156,7 @@ def create_store_engine(url: URL, *, durability: str) -> Engine:
     try:
         if url.get_backend_name() == "sqlite":
             return _sqlite_engine(url, durability)
-        connect_args = (
-            {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
-        )
-        return create_engine(url, connect_args=connect_args)
+        return _postgresql_engine(url)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise InvalidInput(f"cannot use database URL {url.render_as_string()!r}: {exc}") from None
     except ImportError as exc:
@@ -140,6 +164,19 @@ def create_store_engine(url: URL, *, durability: str) -> Engine:
             f"the driver for {url.drivername} is not installed ({exc}); "
             "for PostgreSQL install sauce-sql[postgres]"
         ) from None
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    connect_args: dict[str, Any] = {"prepare_threshold": prepare_threshold(url)}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    # Autocommit from the first statement on: behind a pooler in statement mode a
+    # transaction is refused, and SQLAlchemy's first look at a new server (the
+    # version, the hstore type) would otherwise open one. Migrations ask for their
+    # transaction themselves (migrate.migration_transaction).
+    return create_engine(
+        url, connect_args=connect_args, isolation_level="AUTOCOMMIT", use_native_hstore=False
+    )
 
 
 def _sqlite_engine(url: URL, durability: str) -> Engine:

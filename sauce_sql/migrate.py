@@ -26,6 +26,7 @@ __all__ = [
     "current",
     "downgrade",
     "make_config",
+    "is_current",
     "migration_transaction",
     "script_location",
     "upgrade",
@@ -72,6 +73,9 @@ def migration_transaction(connection: Connection, table_name: str) -> Iterator[N
         finally:
             dbapi.isolation_level = saved
     else:
+        # The store's own engine runs in autocommit (engine.create_store_engine): a
+        # migration is one transaction, so that its lock and its DDL go together.
+        connection.execution_options(isolation_level="READ COMMITTED")
         with connection.begin():
             key = zlib.crc32(f"sauce_sql:{table_name}".encode())
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
@@ -86,6 +90,24 @@ def _run(engine: Engine, table_name: str, action: Any, *args: Any) -> None:
 def upgrade(engine: Engine, table_name: str, revision: str = "head") -> None:
     """Upgrade ``table_name`` to ``revision`` (the latest by default)."""
     _run(engine, table_name, command.upgrade, revision)
+
+
+def is_current(engine: Engine, table_name: str) -> bool:
+    """Whether ``table_name`` is at the latest revision, asked without a transaction.
+
+    So a store starting on an up-to-date schema runs no migration and opens no
+    transaction, which a pooler in statement mode would refuse.
+    """
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(make_config(table_name)).get_current_head()
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+        context = MigrationContext.configure(
+            connection, opts={"version_table": version_table(table_name)}
+        )
+        return context.get_current_revision() == head
 
 
 def downgrade(engine: Engine, table_name: str, revision: str = "base") -> None:

@@ -185,7 +185,8 @@ class Store:
         else:
             from sauce_sql import migrate
 
-            migrate.upgrade(self._engine, self._config.table_name)
+            if not migrate.is_current(self._engine, self._config.table_name):
+                migrate.upgrade(self._engine, self._config.table_name)
 
     # -- operations -----------------------------------------------------------------
 

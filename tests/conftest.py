@@ -1,9 +1,11 @@
 """Backends, clocks and stores for the tests.
 
-Every store test runs on three backends: SQLite in memory, a SQLite file and the
-PostgreSQL server at SAUCE_SQL_TEST_PG_URL (default: postgres@127.0.0.1:5432/test),
-each test on its own table there. Without a server the PostgreSQL tests skip, saying
-why, unless SAUCE_SQL_REQUIRE_PG=1 (as in CI), where a missing server fails them.
+Every store test runs on SQLite in memory, a SQLite file and the PostgreSQL server at
+SAUCE_SQL_TEST_PG_URL (default: postgres@127.0.0.1:5432/test), each test on its own
+table there, and on that server through a real PgBouncer in transaction and in
+statement pooling mode (tests/_pgbouncer.py starts them). Without a server, or without
+PgBouncer installed, those tests skip, saying why, unless SAUCE_SQL_REQUIRE_PG=1 (as
+in CI), where a missing server or PgBouncer fails them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _pgbouncer import pgbouncer_url
 
 from sauce_sql import Store
 
@@ -55,6 +58,25 @@ def require_postgres() -> None:
         pytest.skip(reason)
 
 
+def require_pgbouncer(mode: str) -> str:
+    """The URL of a PgBouncer in ``mode`` before the test server; skips (or fails in CI)
+    when the server or PgBouncer is not there."""
+    require_postgres()
+    try:
+        return pgbouncer_url(PG_URL, mode)
+    except RuntimeError as exc:
+        if REQUIRE_PG:
+            pytest.fail(f"SAUCE_SQL_REQUIRE_PG=1 but {exc}")
+        pytest.skip(str(exc))
+
+
+def migrate_directly(table_name: str) -> None:
+    """Create ``table_name`` on the server itself: a pooler in statement mode refuses
+    the transaction a migration is."""
+    with Store(PG_URL, table_name=table_name, clean_interval=None):
+        pass
+
+
 def drop_tables(url: str, *table_names: str) -> None:
     """Drop session tables and their Alembic version tables, if present."""
     engine = sa.create_engine(url)
@@ -74,6 +96,36 @@ class Backend:
     name: str
     url: str
     table_name: str
+    #: The database itself, for what a pooler cannot pass (migrations in statement mode).
+    direct_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.direct_url = self.direct_url or self.url
+
+    @property
+    def statement_pooling(self) -> bool:
+        """Whether a pooler in statement mode stands between the store and the server,
+        refusing every transaction."""
+        return self.name == "pgbouncer_statement"
+
+    @property
+    def app_engine_options(self) -> dict[str, Any]:
+        """What an application's own Engine needs to work on this backend: behind
+        statement pooling, autocommit from its first statement on (README)."""
+        if self.statement_pooling:
+            return {"isolation_level": "AUTOCOMMIT", "use_native_hstore": False}
+        return {}
+
+    def migrate(self, table_name: str) -> None:
+        """Prepare another table of the test's: behind statement pooling, migrate it on
+        the server itself (a migration is a transaction); elsewhere a store's start does."""
+        if self.statement_pooling:
+            migrate_directly(table_name)
+
+    @property
+    def dialect(self) -> str:
+        """The database behind the backend: ``sqlite`` or ``postgresql``."""
+        return "sqlite" if self.name.startswith("sqlite") else "postgresql"
 
     @property
     def is_memory(self) -> bool:
@@ -85,8 +137,14 @@ BACKENDS = [
     pytest.param("sqlite_memory"),
     pytest.param("sqlite_file"),
     pytest.param("postgresql", marks=pytest.mark.postgresql),
+    pytest.param("pgbouncer_transaction", marks=pytest.mark.postgresql),
+    pytest.param("pgbouncer_statement", marks=pytest.mark.postgresql),
 ]
-PERSISTENT_BACKENDS = BACKENDS[1:]
+#: Backends several stores and processes share, and whose data outlives a store.
+SHARED_BACKENDS = BACKENDS[1:]
+#: The same, reached directly: for what a pooler in statement mode cannot run
+#: (migrations) or does not pass through (the server's own view of its sessions).
+PERSISTENT_BACKENDS = BACKENDS[1:3]
 
 
 def make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
@@ -95,16 +153,31 @@ def make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
         yield Backend(name, "sqlite://", "sessions")
     elif name == "sqlite_file":
         yield Backend(name, f"sqlite:///{tmp_path / 'sessions.db'}", "sessions")
-    else:
+    elif name == "postgresql":
         require_postgres()
         table = f"t_{uuid.uuid4().hex[:12]}"
         yield Backend(name, PG_URL, table)
         drop_tables(PG_URL, table)
+    elif name.startswith("pgbouncer_"):
+        url = require_pgbouncer(name.removeprefix("pgbouncer_"))
+        table = f"t_{uuid.uuid4().hex[:12]}"
+        migrate_directly(table)
+        yield Backend(name, url, table, direct_url=PG_URL)
+        drop_tables(PG_URL, table)
+    else:
+        raise ValueError(f"no backend {name!r}")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend in turn: SQLite in memory, a SQLite file, PostgreSQL."""
+    yield from make_backend(request.param, tmp_path)
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A SQLite file, PostgreSQL, and PostgreSQL through PgBouncer in transaction and
+    in statement mode."""
     yield from make_backend(request.param, tmp_path)
 
 
@@ -153,6 +226,7 @@ def make_store(backend: Backend, clock: FakeClock) -> Iterator[StoreFactory]:
         options.setdefault("table_name", backend.table_name)
         options.setdefault("clock", clock)
         options.setdefault("clean_interval", None)
+        backend.migrate(options["table_name"])
         store = Store(options.pop("url", backend.url), **options)
         stores.append(store)
         return store.start()

@@ -182,7 +182,7 @@ def test_a_cleanup_that_cannot_delete_gives_up_until_next_time(
     store = make_store(session_max_age=60)
     table = backend.table_name
     with store.engine.begin() as connection:
-        if backend.name == "postgresql":
+        if backend.dialect == "postgresql":
             connection.exec_driver_sql(
                 f"CREATE FUNCTION keep_{table}() RETURNS trigger LANGUAGE plpgsql AS $$"
                 " BEGIN IF OLD.session_id LIKE 'keep%%' THEN RETURN NULL; END IF;"
@@ -211,7 +211,7 @@ def test_a_cleanup_that_cannot_delete_gives_up_until_next_time(
             left = connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
         assert left == len(kept)
     finally:
-        if backend.name == "postgresql":
+        if backend.dialect == "postgresql":
             with store.engine.begin() as connection:
                 connection.exec_driver_sql(f"DROP TABLE {table}")
                 connection.exec_driver_sql(f"DROP FUNCTION keep_{table}()")

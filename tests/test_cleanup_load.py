@@ -44,7 +44,7 @@ def insert_expired(backend: Backend, prefix: str, count: int, views: int, step: 
     now = datetime.now(timezone.utc)
     created, base = now - timedelta(hours=2), now - timedelta(hours=1)
     table = backend.table_name
-    if backend.name == "postgresql":
+    if backend.dialect == "postgresql":
         with admin(backend.url) as connection:
             connection.execute(
                 f"INSERT INTO {table} ({COLUMNS}) SELECT %s || g, '', NULL, NULL, %s, 0,"

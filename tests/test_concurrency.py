@@ -20,7 +20,7 @@ from sauce_sql import ReviveSession, SessionExists, Store
 PROCESSES = 4
 THREADS = 4
 HOT_SESSIONS = ["hot-a", "hot-b", "hot-c"]
-INCREMENTS_PER_THREAD = {"sqlite_file": 250, "postgresql": 150}
+INCREMENTS_PER_THREAD = {"sqlite": 250, "postgresql": 150}
 RACE_ROUNDS = 15
 TIMEOUT = 120
 
@@ -67,13 +67,13 @@ def increment_worker(
     results.put({"acked": acked, "errors": errors})
 
 
-def test_hot_increments_are_exact(persistent_backend: Backend) -> None:
+def test_hot_increments_are_exact(shared_backend: Backend) -> None:
     """Every increment acknowledged by 4x4 concurrent clients is stored, each value once."""
-    backend = persistent_backend
+    backend = shared_backend
     with Store(backend.url, table_name=backend.table_name, clean_interval=None) as store:
         for sid in HOT_SESSIONS:
             store.new_session(sid)
-    per_thread = INCREMENTS_PER_THREAD[backend.name]
+    per_thread = INCREMENTS_PER_THREAD[backend.dialect]
     barrier = SPAWN.Barrier(PROCESSES * THREADS)
     reports = _run_children(
         increment_worker, lambda p: (backend.url, backend.table_name, per_thread, barrier)
@@ -145,10 +145,10 @@ def race_worker(
     results.put(outcomes)
 
 
-def test_racing_creations_end_with_one_row(persistent_backend: Backend) -> None:
+def test_racing_creations_end_with_one_row(shared_backend: Backend) -> None:
     """16 clients creating or reviving one id at once leave one live row; only
     new_session raises SessionExists, and only for the callers who lost the race."""
-    backend = persistent_backend
+    backend = shared_backend
     plan = [
         (f"race-{scenario}-{state}-{n}", scenario)
         for scenario in sorted(SCENARIOS)

@@ -452,16 +452,17 @@ def test_table_names_of_wrong_type(name: Any) -> None:
 @pytest.mark.parametrize("name", ["select", "user", "order", "Mixed_Case", "_", "a" * 40])
 def test_valid_table_names_work(backend: Backend, name: str) -> None:
     """Every name the rule allows works, SQL keywords and mixed case included."""
-    if backend.name == "postgresql":
+    if backend.dialect == "postgresql":
         # Keywords cannot be made unique per test, so clear the shared server first.
         drop_tables(PG_URL, name)
+    backend.migrate(name)
     try:
         with Store(backend.url, table_name=name, clean_interval=None) as store:
             store.new_session("s")
             assert store.inc_sequence("s", "view") == 1
             assert store.cleanup(FAR_FUTURE) == 1
     finally:
-        if backend.name == "postgresql":
+        if backend.dialect == "postgresql":
             drop_tables(PG_URL, name)
 
 

@@ -59,7 +59,7 @@ def open_files() -> dict[int, str]:
 
 def store_url(backend: Backend) -> tuple[str, str | None]:
     """The backend's URL, tagged with an application_name on PostgreSQL."""
-    if backend.name == "postgresql":
+    if backend.dialect == "postgresql":
         return tagged_url(backend.url, "sauce_hygiene")
     return backend.url, None
 

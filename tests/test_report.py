@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from conftest import FakeClock, StoreFactory
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BACKENDS, Backend, FakeClock, StoreFactory, make_backend
 
 from sauce_sql.report import build_report
+
+
+@pytest.fixture(params=[p for p in BACKENDS if p.values != ("pgbouncer_statement",)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Every backend but statement pooling: the report reads one snapshot, which is a
+    transaction, and a pooler in statement mode refuses transactions."""
+    yield from make_backend(request.param, tmp_path)
 
 
 def test_every_row_is_counted_by_day(make_store: StoreFactory, clock: FakeClock) -> None:

@@ -57,7 +57,7 @@ def app_engine(backend: Backend) -> Iterator[sa.Engine]:
             "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        engine = sa.create_engine(backend.url)
+        engine = sa.create_engine(backend.url, **backend.app_engine_options)
     yield engine
     engine.dispose()
 
@@ -73,6 +73,7 @@ def make_engine_store(
         options.setdefault("table_name", backend.table_name)
         options.setdefault("clock", clock)
         options.setdefault("clean_interval", None)
+        backend.migrate(str(options["table_name"]))
         store = Store(engine=app_engine, **options)  # type: ignore[arg-type]
         stores.append(store)
         return store.start()
@@ -306,19 +307,19 @@ def test_application_engine_is_never_disposed(
         assert session.view_sequence == 1
 
 
-def test_data_survives_a_restart(persistent_backend: Backend, clock: FakeClock) -> None:
+def test_data_survives_a_restart(shared_backend: Backend, clock: FakeClock) -> None:
     """Sessions written by one store are read back unchanged by a store opened later."""
     options: dict[str, object] = {
-        "table_name": persistent_backend.table_name,
+        "table_name": shared_backend.table_name,
         "clock": clock,
         "clean_interval": None,
     }
-    with Store(persistent_backend.url, **options) as store:  # type: ignore[arg-type]
+    with Store(shared_backend.url, **options) as store:  # type: ignore[arg-type]
         store.new_session("sid", user_agent="ua", client_ip="203.0.113.9", user_id="u1")
         store.inc_sequence("sid", "view")
         store.inc_sequence("sid", "event")
         written = store.lookup_session("sid")
-    with Store(persistent_backend.url, **options) as reopened:  # type: ignore[arg-type]
+    with Store(shared_backend.url, **options) as reopened:  # type: ignore[arg-type]
         assert reopened.lookup_session("sid") == written
         assert reopened.inc_sequence("sid", "view") == 2
 
@@ -345,7 +346,7 @@ def test_tables_of_different_names_are_independent(
         assert second.get_state().table_name == other_table
     finally:
         if not backend.is_memory:
-            drop_tables(backend.url, other_table)
+            drop_tables(backend.direct_url, other_table)
 
 
 # -- the maybe_revive_session race ------------------------------------------------------
