@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,10 +41,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
+from sauce_sql import forks
 from sauce_sql.checkpoints import BACKSTOP_FRAMES, CHECKPOINT_EVERY, Checkpointer, Outcome
-from sauce_sql.engine import configure_sqlite, is_memory, prepare_threshold
+from sauce_sql.engine import BUSY_TIMEOUT_MS, configure_sqlite, is_memory, prepare_threshold
 from sauce_sql.errors import StoreUnavailable, unavailable
-from sauce_sql.floor import WriteFloor
+from sauce_sql.floor import FloorTimeout, WriteFloor
 from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
 
@@ -61,6 +63,9 @@ MAX_IDLE = 8
 #: without this bound a burst of threads would open as many server sessions.
 MAX_SERVER_CONNECTIONS = 16
 SERVER_WAIT = 30.0
+#: How far a SQLite connection's busy timeout may be from what is left of a call's time
+#: before it is set again (ms).
+_BUSY_SLACK_MS = 20
 
 
 class _Forks:
@@ -100,11 +105,13 @@ class ConnectionLost(StoreUnavailable):
 class _Held:
     """A DBAPI connection the executor holds, with its one reused cursor."""
 
-    __slots__ = ("connection", "cursor", "epoch")
+    __slots__ = ("busy_ms", "connection", "cursor", "epoch")
 
     def __init__(self, connection: Any, epoch: int) -> None:
         self.connection = connection
         self.cursor = connection.cursor()
+        # SQLite: the busy timeout the connection has now (configure_sqlite's).
+        self.busy_ms = BUSY_TIMEOUT_MS
         # Connections older than the last lost one are presumed dead too (a restarted
         # server ends them all), and are dropped when given back.
         self.epoch = epoch
@@ -146,7 +153,15 @@ class Executor:
         self._server_slots: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(MAX_SERVER_CONNECTIONS):
             self._server_slots.put(None)
-        self._group = GroupCommitter(self._writer_connection, self._run_on_writer, self._lock)
+        self._group = GroupCommitter(
+            self._writer_connection,
+            self._run_on_writer,
+            self._lock,
+            bound=self._bound_busy_wait,
+            locked=self._locked,
+            unavailable=self._unavailable,
+            error=self._error,
+        )
         self._floor = WriteFloor()
         self._writes = 0
         self._checkpointer: Checkpointer | None = None
@@ -171,11 +186,19 @@ class Executor:
             self._after_fork()
         parameters = prepared.parameters(values)
         if self._sqlite:
+            # One deadline for the whole call: its wait in the process's line and its
+            # wait for another process's write lock together.
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
             result: Result
             if self._shared_commits:
-                result = self._group.write(prepared, parameters)
+                result = self._group.write(prepared, parameters, deadline)
             else:
-                result = self._floor.run(self._write_alone, prepared, parameters)
+                try:
+                    result = self._floor.run(
+                        self._write_alone, prepared, parameters, deadline, deadline=deadline
+                    )
+                except FloorTimeout:
+                    raise self._locked() from None
             # Not locked: a lost count only moves the next checkpoint a little.
             self._writes += 1
             if not self._writes % CHECKPOINT_EVERY:
@@ -190,8 +213,18 @@ class Executor:
             self._after_fork()
         parameters = prepared.parameters(values)
         if self._memory:
-            with self._lock:
-                return self._run_on_writer(self._writer_connection(), prepared, parameters)
+            forks.inside()
+            try:
+                with self._lock:
+                    return self._run_on_writer(self._writer_connection(), prepared, parameters)
+            finally:
+                forks.outside()
+        if self._sqlite:
+            forks.inside()
+            try:
+                return self._run_held(prepared, parameters)
+            finally:
+                forks.outside()
         try:
             return self._run_held(prepared, parameters)
         except ConnectionLost:
@@ -209,10 +242,13 @@ class Executor:
             return None
         if self._generation != _Forks.generation:
             self._after_fork()
+        forks.inside()
         try:
             rows, _ = self._run_held(_CHECKPOINT, ())
         except StoreUnavailable:
             return None
+        finally:
+            forks.outside()
         return _outcome(rows)
 
     def checkpoint_soon(self) -> None:
@@ -242,11 +278,14 @@ class Executor:
     def _checkpoint_paused(self) -> Outcome:
         """A checkpoint on the writer's own connection, so with the writers waiting
         (and no connection to open meanwhile, unless there was no write yet)."""
+        forks.inside()
         try:
             with self._lock:
                 rows, _ = self._run_on_writer(self._writer_connection(), _CHECKPOINT, ())
         except StoreUnavailable:
             return None
+        finally:
+            forks.outside()
         return _outcome(rows)
 
     def close(self) -> None:
@@ -260,6 +299,16 @@ class Executor:
             checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             checkpointer.stop()
+        if self._sqlite:
+            forks.inside()
+            try:
+                self._close_connections()
+            finally:
+                forks.outside()
+        else:
+            self._close_connections()
+
+    def _close_connections(self) -> None:
         with self._lock:
             writer, self._writer = self._writer, None
             if writer is not None:
@@ -346,11 +395,43 @@ class Executor:
 
     # -- execution ------------------------------------------------------------------
 
-    def _write_alone(self, prepared: Prepared, parameters: Any) -> Result:
+    def _write_alone(self, prepared: Prepared, parameters: Any, deadline: float) -> Result:
         # One statement in autocommit: its own transaction, which takes the write lock
         # as it starts. The lock is for the reads of an in-memory database.
-        with self._lock:
-            return self._run_on_writer(self._writer_connection(), prepared, parameters)
+        forks.inside()
+        try:
+            with self._lock:
+                connection = self._writer_connection()
+                self._bound_busy_wait(deadline)
+                return self._run_on_writer(connection, prepared, parameters)
+        finally:
+            forks.outside()
+
+    def _bound_busy_wait(self, deadline: float) -> None:
+        """Let the writer's connection wait for another process's lock only until
+        ``deadline``; the writer's lock is held.
+
+        SQLite's busy timeout is a property of the connection, so it is set again only
+        when what is left of the call's time differs from it by more than a little:
+        a call that did not wait in line (the common case) sends no PRAGMA.
+        """
+        writer = self._writer
+        assert writer is not None
+        left = int((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise self._locked()
+        if abs(writer.busy_ms - left) > _BUSY_SLACK_MS:
+            try:
+                writer.connection.execute(f"PRAGMA busy_timeout = {left}")
+            except self._error as exc:
+                raise self._unavailable(exc) from exc
+            writer.busy_ms = left
+
+    def _locked(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"database {self._describe} is unavailable: database is locked (the write waited "
+            f"{BUSY_TIMEOUT_MS / 1000:.0f} s for the write lock)"
+        )
 
     def _run_on_writer(self, connection: Any, prepared: Prepared, parameters: Any) -> Result:
         writer = self._writer

@@ -21,9 +21,13 @@ in line, asleep, as with the starvation bound of Go's ``sync.Mutex``:
   while others wait: :data:`SLICE`, or less with a long line, so that a round of the
   whole line takes about :data:`ROUND`. A holder that writes only now and then hands
   the floor to the longest waiter as it leaves.
-- Waiters wake once per :data:`SLICE`; the longest waiter then takes the floor if its
-  holder is not writing at that moment (it may never come back); if it is, the holder
-  hands the floor over when it leaves.
+- Only the longest waiter (the head of the line) wakes once per :data:`SLICE`, to
+  take the floor if its holder is not writing at that moment (it may never come back);
+  if it is, the holder hands the floor over when it leaves. The others sleep until the
+  floor is handed to them, they become the head, or their deadline passes: a long line
+  costs no polling.
+- A caller may give a deadline: a waiter still in line then leaves it and raises
+  :class:`FloorTimeout`, so no wait in line outlasts its caller's bound.
 
 So no call waits much more than a round of the line, and most writes pass no thread
 handoff at all. With ``durability="full"`` an fsync per commit costs far
@@ -38,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["QUICK", "ROUND", "SLICE", "WriteFloor"]
+__all__ = ["QUICK", "ROUND", "SLICE", "FloorTimeout", "WriteFloor"]
 
 #: How long a holder keeps the floor while others wait (ns)...
 SLICE = 1_000_000
@@ -54,16 +58,34 @@ T = TypeVar("T")
 _clock = time.monotonic_ns
 
 
-class _Turn:
-    """A thread waiting in line; its lock is released when the floor is handed to it."""
+class FloorTimeout(Exception):
+    """A caller's deadline passed while it waited in line; it left the line."""
 
-    __slots__ = ("granted", "ident", "lock")
+
+class _Turn:
+    """A thread waiting in line.
+
+    Its lock is held while the thread sleeps; each release is one wake-up (the floor
+    handed to it, or it became the head of the line), and ``token`` says, under the
+    floor's mutex, whether a wake-up is pending, so that no lock is ever released twice.
+    """
+
+    __slots__ = ("granted", "head", "ident", "lock", "token")
 
     def __init__(self, ident: int) -> None:
         self.ident = ident
         self.granted = False
+        self.head = False
+        self.token = False
         self.lock = threading.Lock()
         self.lock.acquire()
+
+    def wake(self) -> bool:
+        """Mark a wake-up pending (the mutex is held); True if the lock is to be released."""
+        if self.token:
+            return False
+        self.token = True
+        return True
 
 
 class WriteFloor:
@@ -82,12 +104,19 @@ class WriteFloor:
         #: How many times the floor passed from one thread to another (handed over,
         #: or taken from a holder that went away).
         self.handoffs = 0
+        #: How many times a waiter woke up to find the floor still not its own (a
+        #: timed wait of the head of the line, mostly): a long line must not poll.
+        self.idle_wakeups = 0
 
-    def run(self, write: Callable[..., T], *args: object) -> T:
-        """Run ``write(*args)`` holding the floor; return what it returns."""
+    def run(self, write: Callable[..., T], *args: object, deadline: float | None = None) -> T:
+        """Run ``write(*args)`` holding the floor; return what it returns.
+
+        ``deadline`` (``time.monotonic()`` seconds) bounds the wait in line: past it the
+        caller leaves the line and gets :class:`FloorTimeout`, nothing run.
+        """
         me = threading.get_ident()
         try:
-            self._enter(me)
+            self._enter(me, deadline)
             result = write(*args)
         except BaseException:
             # Whatever failed or was interrupted (Ctrl-C may land anywhere in here),
@@ -102,7 +131,7 @@ class WriteFloor:
         self._leave(me, keep=True)
         return result
 
-    def _enter(self, me: int) -> None:
+    def _enter(self, me: int, deadline: float | None) -> None:
         now = _clock()
         quick = now - getattr(self._local, "left", -QUICK) < QUICK
         handed: _Turn | None = None
@@ -120,29 +149,68 @@ class WriteFloor:
                 # first, and this thread lines up behind the rest.
                 handed = self._hand_over(now)
             turn = _Turn(me)
+            turn.head = not self._line
             self._line.append(turn)
+            head = self._new_head()
         if handed is not None:
             handed.lock.release()
-        self._wait(turn)
+        if head is not None:
+            head.lock.release()
+        self._wait(turn, deadline)
         self._quick = quick
 
-    def _wait(self, turn: _Turn) -> None:
+    def _wait(self, turn: _Turn, deadline: float | None) -> None:
         """Sleep until the floor is handed over, taking it from an absent holder.
 
-        Every waiter wakes once a slice, so that one handed the floor by a thread that
-        was interrupted before waking it still goes on; the longest waiter then takes
-        the floor if its holder is not writing (it kept the floor as it left, and may
-        never come back).
+        The head of the line wakes once a slice, so that the floor handed over by a
+        thread interrupted before waking anyone still moves on, and so that it takes
+        the floor from a holder that is not writing (it kept the floor as it left, and
+        may never come back). Everyone else sleeps until woken or out of time.
         """
-        while not turn.lock.acquire(timeout=SLICE / 1e9):
+        while True:
+            if turn.head:
+                timeout = SLICE / 1e9
+                if deadline is not None:
+                    timeout = min(timeout, max(deadline - time.monotonic(), 0.0))
+            elif deadline is not None:
+                timeout = max(deadline - time.monotonic(), 0.0)
+            else:
+                timeout = -1
+            woken = turn.lock.acquire(timeout=timeout)
+            poke: _Turn | None = None
+            timed_out = False
             with self._mutex:
+                if woken:
+                    turn.token = False
                 if turn.granted:
                     return
-                if self._line[0] is turn and not self._writing:
-                    now = _clock()
-                    self._line.popleft()
-                    self._take(turn, now)
-                    return
+                self.idle_wakeups += 1
+                if self._line[0] is turn:
+                    turn.head = True
+                    if not self._writing:
+                        self._line.popleft()
+                        self._take(turn, _clock())
+                        poke = self._new_head()
+                if not turn.granted and deadline is not None and time.monotonic() >= deadline:
+                    self._line.remove(turn)
+                    poke = self._new_head()
+                    timed_out = True
+            if poke is not None:
+                poke.lock.release()
+            if timed_out:
+                raise FloorTimeout
+            if turn.granted:
+                return
+
+    def _new_head(self) -> _Turn | None:
+        """The head of the line if it is to be told so now (the mutex is held)."""
+        if not self._line:
+            return None
+        head = self._line[0]
+        if head.head:
+            return None
+        head.head = True
+        return head if head.wake() else None
 
     def _leave(self, me: int, *, keep: bool) -> None:
         """Give the floor up, or keep it (``keep``) for a thread writing in quick
@@ -163,6 +231,9 @@ class WriteFloor:
                     if turn.ident == me:
                         self._line.remove(turn)
                         break
+                # Whoever is first in line now must know it is (an interrupt may
+                # also have cut short the step that would have told it).
+                handed = self._new_head()
         if handed is not None:
             handed.lock.release()
 
@@ -170,11 +241,16 @@ class WriteFloor:
         """How long the holder may keep the floor now (ns); the mutex is held."""
         return max(QUICK, min(SLICE, ROUND // len(self._line))) if self._line else SLICE
 
-    def _hand_over(self, now: int) -> _Turn:
-        """Give the floor to the longest waiter (the mutex is held); it is to be woken."""
+    def _hand_over(self, now: int) -> _Turn | None:
+        """Give the floor to the longest waiter (the mutex is held); returns the turn
+        to wake, if its wake-up is not pending already."""
         turn = self._line.popleft()
         self._take(turn, now)
-        return turn
+        poke = self._new_head()
+        if poke is not None:
+            # Two threads to wake: the new holder here, the new head at once.
+            poke.lock.release()
+        return turn if turn.wake() else None
 
     def _take(self, turn: _Turn, now: int) -> None:
         turn.granted = True
