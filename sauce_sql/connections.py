@@ -42,7 +42,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from sauce_sql import forks
-from sauce_sql.checkpoints import BACKSTOP_FRAMES, CHECKPOINT_EVERY, Checkpointer, Outcome
+from sauce_sql.checkpoints import (
+    BACKSTOP_FRAMES,
+    CHECKPOINT_EVERY,
+    LOG_SIZE_LIMIT,
+    Checkpointer,
+    Outcome,
+)
 from sauce_sql.engine import BUSY_TIMEOUT_MS, configure_sqlite, is_memory, prepare_threshold
 from sauce_sql.errors import StoreUnavailable, unavailable
 from sauce_sql.floor import FloorTimeout, WriteFloor
@@ -357,6 +363,9 @@ class Executor:
                     # The store's thread checkpoints (sauce_sql.checkpoints); the
                     # connection's own checkpoint only backs it up.
                     dbapi.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_FRAMES}")
+                    # When the log starts over, its file shrinks back to this size
+                    # instead of keeping the largest size it ever had.
+                    dbapi.execute(f"PRAGMA journal_size_limit = {LOG_SIZE_LIMIT}")
                 # Autocommit: a lone statement is its own transaction, which takes the
                 # write lock as it starts, so no deferred-transaction upgrade can fail
                 # with SQLITE_BUSY; groups say BEGIN IMMEDIATE themselves.

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
-from sauce_sql import statements, validation
+from sauce_sql import sharing, statements, validation
 from sauce_sql.cleanup import Cleaner, delete_expired
 from sauce_sql.config import StoreConfig
 from sauce_sql.connections import Executor
@@ -141,8 +141,11 @@ class Store:
                 self._prepared = _Prepared(self._engine, self._config.table_name)
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._url} is unavailable", exc) from exc
-            self._executor = Executor(
-                self._engine, durability=self._config.durability, describe=self._url
+            self._executor = sharing.acquire(
+                self._engine,
+                durability=self._config.durability,
+                describe=self._url,
+                shareable=self._owns_engine,
             )
             if self._config.clean_interval is not None:
                 self._cleaner = Cleaner(
@@ -161,7 +164,7 @@ class Store:
                 cleaner.stop()
             executor, self._executor = self._executor, None
             if executor is not None:
-                executor.close()
+                sharing.release(executor)
             if self._owns_engine:
                 self._engine.dispose()
 
