@@ -35,6 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -96,6 +97,7 @@ class _Raw:
 
 
 _CHECKPOINT: Any = _Raw("PRAGMA wal_checkpoint(PASSIVE)")
+_SERVER_NOW: Any = _Raw("SELECT clock_timestamp()")
 
 
 def _outcome(rows: list[Sequence[Any]]) -> Outcome:
@@ -235,6 +237,18 @@ class Executor:
             return self._run_held(prepared, parameters)
         except ConnectionLost:
             return self._run_held(prepared, parameters)
+
+    def server_now(self) -> datetime:
+        """The database server's clock (a server database only); retried once on a
+        fresh connection, like any read."""
+        if self._generation != _Forks.generation:
+            self._after_fork()
+        try:
+            rows, _ = self._run_held(_SERVER_NOW, ())
+        except ConnectionLost:
+            rows, _ = self._run_held(_SERVER_NOW, ())
+        now: datetime = rows[0][0]
+        return now
 
     def checkpoint(self) -> Outcome:
         """Copy a SQLite file's write-ahead log into the database, beside the writers.

@@ -6,7 +6,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import sharing, statements, validation
 from sauce_sql.cleanup import Cleaner, delete_expired
+from sauce_sql.clocks import ServerClock, utc_now
 from sauce_sql.config import StoreConfig
 from sauce_sql.connections import Executor
 from sauce_sql.engine import (
@@ -36,10 +37,6 @@ from sauce_sql.prepared import Prepared, row_reader
 from sauce_sql.schema import sessions_table
 
 __all__ = ["Store"]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class _Prepared:
@@ -110,6 +107,8 @@ class Store:
             self._owns_engine = True
         self._max_age = timedelta(seconds=self._config.session_max_age)
         self._clock = self._config.clock
+        # Where now comes from without an injected clock: set by start().
+        self._system_clock: Callable[[], datetime] = utc_now
         self._url = self._engine.url.render_as_string(hide_password=True)
         self._lifecycle = threading.Lock()
         self._executor: Executor | None = None
@@ -147,6 +146,16 @@ class Store:
                 describe=self._url,
                 shareable=self._owns_engine,
             )
+            if self._engine.dialect.name == "postgresql":
+                # One clock for every app server: the database server's (clocks.py).
+                server_clock = ServerClock(self._executor.server_now)
+                try:
+                    server_clock.sync()
+                except BaseException:
+                    sharing.release(self._executor)
+                    self._executor = None
+                    raise
+                self._system_clock = server_clock
             if self._config.clean_interval is not None:
                 self._cleaner = Cleaner(
                     lambda stop: self._delete_expired(self._now(), stop),
@@ -201,7 +210,7 @@ class Store:
 
     def _now(self) -> datetime:
         if self._clock is None:
-            return _utc_now()
+            return self._system_clock()
         return validation.aware_utc(self._clock(), "the clock's datetime")
 
     def _session(self, prepared: _Prepared, row: Any) -> AnalyticsSession:
