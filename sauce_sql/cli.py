@@ -19,8 +19,9 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import migrate
-from sauce_sql.engine import DEFAULT_URL, is_memory
+from sauce_sql.engine import DEFAULT_URL, URL_SHOWN, is_memory
 from sauce_sql.errors import SauceSQLError, StoreUnavailable, unavailable
+from sauce_sql.redact import safe_url, scrub
 from sauce_sql.store import Store
 
 __all__ = ["main"]
@@ -48,7 +49,7 @@ def _require_table(engine: Engine, table_name: str) -> None:
         with engine.connect() as connection:
             present = inspect(connection).has_table(table_name)
     except SQLAlchemyError as exc:
-        where = f"database {url.render_as_string(hide_password=True)} is unavailable"
+        where = f"database {safe_url(url, limit=URL_SHOWN)} is unavailable"
         raise unavailable(where, exc) from exc
     if not present:
         raise StoreUnavailable(f"{missing}: {hint}")
@@ -174,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    # Whatever raised it, a password it quotes is not printed.
+    return scrub(" ".join(str(exc).split()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,8 @@ one boundary: :class:`sauce_sql.connections.Executor` (and, for schema work, ``S
 
 from __future__ import annotations
 
+from sauce_sql.redact import scrub
+
 __all__ = [
     "InvalidInput",
     "SauceSQLError",
@@ -67,5 +69,6 @@ def unavailable(where: str, exc: BaseException) -> StoreUnavailable:
     over several lines; the driver's own message says what went wrong.
     """
     cause = getattr(exc, "orig", None) or exc
-    detail = " ".join(str(cause).split()) or type(cause).__name__
+    # A driver may quote a connection string in its message.
+    detail = scrub(" ".join(str(cause).split())) or type(cause).__name__
     return StoreUnavailable(f"{where}: {detail}")

@@ -18,6 +18,7 @@ from sauce_sql.cleanup import Cleaner, delete_expired
 from sauce_sql.config import StoreConfig
 from sauce_sql.connections import Executor
 from sauce_sql.engine import (
+    URL_SHOWN,
     check_application_engine,
     create_store_engine,
     is_memory,
@@ -33,6 +34,7 @@ from sauce_sql.errors import (
 )
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
 from sauce_sql.prepared import Prepared, row_reader
+from sauce_sql.redact import safe_url
 from sauce_sql.schema import sessions_table
 
 __all__ = ["Store"]
@@ -110,7 +112,8 @@ class Store:
             self._owns_engine = True
         self._max_age = timedelta(seconds=self._config.session_max_age)
         self._clock = self._config.clock
-        self._url = self._engine.url.render_as_string(hide_password=True)
+        self._url = safe_url(self._engine.url)
+        self._describe = safe_url(self._engine.url, limit=URL_SHOWN)
         self._lifecycle = threading.Lock()
         self._executor: Executor | None = None
         self._prepared: _Prepared | None = None
@@ -140,9 +143,9 @@ class Store:
                 self._create_schema()
                 self._prepared = _Prepared(self._engine, self._config.table_name)
             except (SQLAlchemyError, CommandError, OSError) as exc:
-                raise unavailable(f"database {self._url} is unavailable", exc) from exc
+                raise unavailable(f"database {self._describe} is unavailable", exc) from exc
             self._executor = Executor(
-                self._engine, durability=self._config.durability, describe=self._url
+                self._engine, durability=self._config.durability, describe=self._describe
             )
             if self._config.clean_interval is not None:
                 self._cleaner = Cleaner(
