@@ -15,7 +15,7 @@ one boundary: :class:`sauce_sql.connections.Executor` (and, for schema work, ``S
 
 from __future__ import annotations
 
-from sauce_sql.redact import scrub
+from sauce_sql.redact import scrub, shown
 
 __all__ = [
     "InvalidInput",
@@ -43,14 +43,14 @@ class SessionNotFound(SauceSQLError, KeyError):
 
     def __str__(self) -> str:
         # KeyError's __str__ would print the repr of the argument only.
-        return f"no live session with id {self.session_id!r}"
+        return f"no live session with id {shown(self.session_id)}"
 
 
 class SessionExists(SauceSQLError):
     """A live session already has the id given to ``new_session``."""
 
     def __init__(self, session_id: str) -> None:
-        super().__init__(f"a live session with id {session_id!r} already exists")
+        super().__init__(f"a live session with id {shown(session_id)} already exists")
         self.session_id = session_id
 
 

@@ -34,7 +34,7 @@ from sauce_sql.errors import (
 )
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
 from sauce_sql.prepared import Prepared, row_reader
-from sauce_sql.redact import safe_url
+from sauce_sql.redact import safe_url, shown
 from sauce_sql.schema import sessions_table
 
 __all__ = ["Store"]
@@ -294,7 +294,7 @@ class Store:
             rows, _ = executor.write(prepared.revive_if_expired, values)
             if rows:
                 return self._session(prepared, rows[0])
-        raise StoreUnavailable(f"session {revive.session_id!r} kept changing under revival")
+        raise StoreUnavailable(f"session {shown(revive.session_id)} kept changing under revival")
 
     def cleanup(self, now: datetime | None = None) -> int:
         """Delete every session expired at ``now`` (default: the clock's now), in

@@ -84,10 +84,14 @@ def stored_user_agent(value: str) -> str:
 
 def canonical_ip(value: str) -> str | None:
     """The address in canonical text (RFC 5952: IPv4-mapped as ::ffff:a.b.c.d), or None
-    if it is not an address."""
+    if it is not an address, or if its IPv6 zone id is not an interface name or number
+    (letters, digits, ".", "_", "-", at most 15 characters)."""
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
+        return None
+    zone = getattr(address, "scope_id", None)
+    if zone is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,15}", zone, re.ASCII):
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return f"::ffff:{address.ipv4_mapped}"
@@ -293,6 +297,9 @@ EXPLICIT_IPS = [
     "::1",
     "0.0.0.0",
     "fe80::1%eth0",
+    "fe80::1%<img src=x onerror=alert(1)>",
+    "fe80::1%br-1a2b3c4d5e6f",
+    "fe80::1%br-1a2b3c4d5e6f7",
 ]
 
 
