@@ -97,6 +97,28 @@ def test_wrong_types_raise_type_error(store: Store) -> None:
     assert not store.session_exists("sid")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"session_id": 0},
+        {"session_id": ["a"]},
+        {"session_id": "sid", "user_agent": 0},
+        {"session_id": "sid", "user_agent": {}},
+        {"session_id": "sid", "user_id": 42},
+        {"session_id": "sid", "client_ip": 3232235777},
+        ["session_id", "sid"],
+    ],
+    ids=repr,
+)
+def test_malformed_revive_dict_from_a_client_is_bad_input(store: Store, data: object) -> None:
+    """A client's malformed revive dict is InvalidInput (a SauceSQLError, so an app
+    answers bad input rather than 500) on the way to either revival, and writes nothing."""
+    for revive in (store.revive_session, store.maybe_revive_session):
+        with pytest.raises(InvalidInput):
+            revive(ReviveSession.from_dict(data))  # type: ignore[arg-type]
+    assert store.cleanup(FAR_FUTURE) == 0
+
+
 # -- user agents ----------------------------------------------------------------------
 
 
