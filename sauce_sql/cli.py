@@ -57,25 +57,27 @@ def _require_table(engine: Engine, table_name: str) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     store = _store(args)
+    table = store.get_state().table_name  # as validated: in lower case
     try:
-        migrate.upgrade(store.engine, args.table_name, args.revision)
-        revision = migrate.current(store.engine, args.table_name)
+        migrate.upgrade(store.engine, table, args.revision)
+        revision = migrate.current(store.engine, table)
     except Exception as exc:
         raise unavailable("migration failed", exc) from exc
     finally:
         store.close()
-    print(f"table {args.table_name!r} is at revision {revision} in {store.get_state().url}")
+    print(f"table {table!r} is at revision {revision} in {store.get_state().url}")
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     store = _store(args)
+    table = store.get_state().table_name
     try:
-        _require_table(store.engine, args.table_name)
+        _require_table(store.engine, table)
         deleted = store.start().cleanup()
     finally:
         store.close()
-    print(f"deleted {deleted} expired sessions from {args.table_name!r}")
+    print(f"deleted {deleted} expired sessions from {table!r}")
     return 0
 
 
@@ -83,9 +85,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sauce_sql.report import build_report, format_report
 
     store = _store(args)
+    table = store.get_state().table_name
     try:
-        _require_table(store.engine, args.table_name)
-        report = build_report(store.engine, args.table_name, datetime.now(timezone.utc))
+        _require_table(store.engine, table)
+        report = build_report(store.engine, table, datetime.now(timezone.utc))
     finally:
         store.close()
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))

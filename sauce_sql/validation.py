@@ -154,7 +154,13 @@ def positive_seconds(value: object, what: str) -> float:
 
 
 def table_name(value: object) -> str:
-    """A plain SQL identifier: letters, digits and underscores, at most 40 characters."""
+    """A plain SQL identifier: letters, digits and underscores, at most 40 characters,
+    folded to lower case.
+
+    SQLite matches table names without regard to case, quoted or not, and PostgreSQL
+    folds unquoted ones: folding makes "Sessions" and "sessions" one table on every
+    backend, under the name a plain ``SELECT ... FROM sessions`` finds.
+    """
     if not isinstance(value, str):
         raise TypeError(f"table_name must be a str, not {type(value).__name__}")
     if not _TABLE_NAME.fullmatch(value):
@@ -162,4 +168,4 @@ def table_name(value: object) -> str:
             f"table_name {shown(value)} must be letters, digits and underscores, not start "
             f"with a digit, and be at most {TABLE_NAME_MAX_LENGTH} characters"
         )
-    return value
+    return value.lower()

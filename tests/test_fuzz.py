@@ -436,10 +436,11 @@ BAD_TABLE_NAMES = [
 @given(name=st.one_of(ANY_TEXT, st.from_regex(TABLE_NAME, fullmatch=True)))
 @example(name="_")
 def test_table_names_fuzzed(name: str) -> None:
-    """A table name is taken exactly when it is letters, digits and underscores, not
-    starting with a digit, at most 40 characters (ASCII); otherwise InvalidInput."""
+    """A table name is taken, in lower case, when it is letters, digits and
+    underscores, not starting with a digit, at most 40 characters (ASCII); otherwise
+    InvalidInput."""
     if TABLE_NAME.fullmatch(name):
-        assert Store("sqlite://", table_name=name).get_state().table_name == name
+        assert Store("sqlite://", table_name=name).get_state().table_name == name.lower()
     else:
         assert_refused(None, lambda: Store("sqlite://", table_name=name), "table_name")
 
@@ -460,8 +461,9 @@ def test_table_names_of_wrong_type(name: Any) -> None:
 def test_valid_table_names_work(backend: Backend, name: str) -> None:
     """Every name the rule allows works, SQL keywords and mixed case included."""
     if backend.dialect == "postgresql":
-        # Keywords cannot be made unique per test, so clear the shared server first.
-        drop_tables(PG_URL, name)
+        # Keywords cannot be made unique per test, so clear the shared server first
+        # (of the table under its lower-case name, which the store uses).
+        drop_tables(PG_URL, name.lower())
     backend.migrate(name)
     try:
         with Store(backend.url, table_name=name, clean_interval=None) as store:
@@ -470,7 +472,7 @@ def test_valid_table_names_work(backend: Backend, name: str) -> None:
             assert store.cleanup(FAR_FUTURE) == 1
     finally:
         if backend.dialect == "postgresql":
-            drop_tables(PG_URL, name)
+            drop_tables(PG_URL, name.lower())
 
 
 # -- max ages, intervals and other options ---------------------------------------------

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock, StoreFactory
+import sqlalchemy as sa
+from conftest import Backend, FakeClock, StoreFactory
 
 from sauce_sql import (
     InvalidInput,
@@ -296,10 +297,38 @@ def test_bad_table_names_are_refused(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["a" * 40, "_private", "Sessions_2026", "t"])
 def test_plain_table_names_are_accepted(name: str) -> None:
-    """Letters, digits and underscores up to 40 characters make a valid table name."""
+    """Letters, digits and underscores up to 40 characters make a valid table name,
+    folded to lower case."""
     with Store("sqlite://", table_name=name, clean_interval=None) as store:
-        assert store.get_state().table_name == name
+        assert store.get_state().table_name == name.lower()
         assert store.new_session("sid").view_sequence == 0
+
+
+def test_table_names_differing_in_case_are_one_table(shared_backend: Backend) -> None:
+    """Table names are case-insensitive on every backend: "Sessions_X", "SESSIONS_X" and
+    "sessions_x" are one table (its name in lower case), with one version table."""
+    lower = shared_backend.table_name
+    names = [lower.capitalize(), lower.upper(), lower]
+    for name in names:
+        shared_backend.migrate(name)
+    stores = [
+        Store(shared_backend.url, table_name=name, clean_interval=None).start() for name in names
+    ]
+    try:
+        stores[0].new_session("sid")
+        assert stores[1].inc_sequence("sid", "view") == 1
+        assert stores[2].inc_sequence("sid", "view") == 2
+        assert [store.get_state().table_name for store in stores] == [lower] * 3
+    finally:
+        for store in stores:
+            store.close()
+    engine = sa.create_engine(shared_backend.direct_url)
+    try:
+        tables = {name.lower() for name in sa.inspect(engine).get_table_names()}
+        mine = {name for name in tables if lower in name}
+    finally:
+        engine.dispose()
+    assert mine == {lower, f"alembic_version_{lower}"}
 
 
 @pytest.mark.parametrize("option", ["session_max_age", "clean_interval"])
