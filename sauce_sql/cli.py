@@ -59,8 +59,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     store = _store(args)
     table = store.get_state().table_name  # as validated: in lower case
     try:
+        migrate.is_current(store.engine, table)  # refuses a table that is not ours
         migrate.upgrade(store.engine, table, args.revision)
         revision = migrate.current(store.engine, table)
+    except SauceSQLError:
+        raise
     except Exception as exc:
         raise unavailable("migration failed", exc) from exc
     finally:

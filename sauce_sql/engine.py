@@ -40,6 +40,15 @@ CONNECT_TIMEOUT_S = 5
 URL_SHOWN = 100
 
 
+# The drivers the store runs on, by dialect ("": the URL names none).
+_DRIVERS = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
+_INSTALL_PSYCOPG = "pip install 'sauce-sql[postgres]'"
+_RUNS_ON = (
+    "sauce_sql runs on sqlite:// (Python's own sqlite3) and on postgresql:// or "
+    f"postgresql+psycopg:// (psycopg 3: {_INSTALL_PSYCOPG})"
+)
+
+
 def parse_url(url: str | URL | None) -> URL:
     """The URL to use, ``postgresql://`` meaning psycopg 3; refuses what we cannot serve."""
     if url is None:
@@ -61,11 +70,13 @@ def parse_url(url: str | URL | None) -> URL:
             f"cannot use database URL {shown(safe_url(parsed), URL_SHOWN)}: its password "
             "holds an '@'; write it percent-encoded, as %40"
         )
-    backend = parsed.get_backend_name()
+    backend, _, driver = parsed.drivername.partition("+")
     if backend not in SUPPORTED_DIALECTS:
+        raise InvalidInput(f"unsupported database {shown(backend)} in URL; {_RUNS_ON}")
+    if driver not in _DRIVERS[backend]:
         raise InvalidInput(
-            f"unsupported database {shown(backend)} in URL; sauce_sql runs on "
-            + " and ".join(SUPPORTED_DIALECTS)
+            f"unsupported driver {shown(driver)} for {backend} in URL "
+            f"{shown(safe_url(parsed), URL_SHOWN)}; {_RUNS_ON}"
         )
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -176,10 +187,14 @@ def create_store_engine(url: URL, *, durability: str) -> Engine:
             f"cannot use database URL {shown(safe_url(url), URL_SHOWN)}: {scrub(str(exc))}"
         ) from None
     except ImportError as exc:
-        raise InvalidInput(
-            f"the driver for {url.drivername} is not installed ({exc}); "
-            "for PostgreSQL install sauce-sql[postgres]"
-        ) from None
+        # parse_url let through only the drivers named in _DRIVERS.
+        if url.get_backend_name() == "sqlite":
+            missing = "Python's sqlite3 module is missing (this Python was built without it)"
+        else:
+            missing = (
+                f"psycopg 3, the driver for postgresql://, is not installed: {_INSTALL_PSYCOPG}"
+            )
+        raise InvalidInput(f"{missing} ({exc})") from None
 
 
 def _postgresql_engine(url: URL) -> Engine:

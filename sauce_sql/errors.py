@@ -7,7 +7,8 @@ The hierarchy::
     ├── SessionExists
     ├── InvalidInput        (also a ValueError)
     └── StoreUnavailable    (the database cannot be reached or used; the driver's
-                             error is chained as ``__cause__``)
+        │                    error is chained as ``__cause__``)
+        └── SchemaConflict  (the store's table is not one it can use; not an outage)
 
 Driver and SQLAlchemy errors never leave the store bare: the store translates them at
 one boundary: :class:`sauce_sql.connections.Executor` (and, for schema work, ``Store.start``).
@@ -20,6 +21,7 @@ from sauce_sql.redact import scrub, shown
 __all__ = [
     "InvalidInput",
     "SauceSQLError",
+    "SchemaConflict",
     "SessionExists",
     "SessionNotFound",
     "StoreUnavailable",
@@ -60,6 +62,16 @@ class InvalidInput(SauceSQLError, ValueError):
 
 class StoreUnavailable(SauceSQLError):
     """The database could not be reached or used; the cause is chained."""
+
+
+class SchemaConflict(StoreUnavailable):
+    """The database holds a table of the store's name that sauce_sql cannot use.
+
+    Another application's table of that name, a revision migrated by a newer
+    sauce_sql, a table dropped by hand: the database works, so retrying will not
+    help, and the message says what to do. A StoreUnavailable all the same, since
+    the store cannot use the database.
+    """
 
 
 def unavailable(where: str, exc: BaseException) -> StoreUnavailable:
