@@ -26,6 +26,7 @@ __all__ = [
     "SessionNotFound",
     "StoreUnavailable",
     "unavailable",
+    "unstorable",
 ]
 
 
@@ -84,3 +85,28 @@ def unavailable(where: str, exc: BaseException) -> StoreUnavailable:
     # A driver may quote a connection string in its message.
     detail = scrub(" ".join(str(cause).split())) or type(cause).__name__
     return StoreUnavailable(f"{where}: {detail}")
+
+
+# SQLSTATEs of a server that cannot convert a value into its encoding:
+# untranslatable_character, character_not_in_repertoire.
+_UNSTORABLE_STATES = ("22P05", "22021")
+
+
+def unstorable(exc: BaseException) -> InvalidInput | None:
+    """An InvalidInput (raise it ``from exc``) if ``exc`` says a value cannot be held
+    in the database's encoding, else None.
+
+    psycopg encodes each value in the connection's encoding before it sends the
+    statement (UnicodeEncodeError), or the server refuses to convert it; either way
+    nothing was written and the caller's value is what cannot be stored.
+    """
+    if isinstance(exc, UnicodeEncodeError):
+        character = exc.object[exc.start : exc.start + 1]
+        return InvalidInput(
+            f"{shown(exc.object)} cannot be stored in this database: its encoding "
+            f"({exc.encoding}) has no {character!r}; a UTF8 database holds every character"
+        )
+    if getattr(exc, "sqlstate", None) in _UNSTORABLE_STATES:
+        detail = " ".join(str(exc).split())
+        return InvalidInput(f"a value cannot be stored in this database: {detail}")
+    return None

@@ -253,7 +253,7 @@ class Store:
             statement = prepared.increment_view
         else:
             statement = prepared.increment_event
-        values = {"sid": sid, "now": now, "expires": now + self._max_age}
+        values = {"sid": sid, "now": now, "expires": validation.expiry(now, self._max_age)}
         rows, _ = executor.write(statement, values)
         if not rows:
             raise SessionNotFound(sid)
@@ -265,7 +265,12 @@ class Store:
         uid = validation.user_id(user_id)
         executor, prepared = self._started()
         now = self._now()
-        values = {"sid": sid, "uid": uid, "now": now, "expires": now + self._max_age}
+        values = {
+            "sid": sid,
+            "uid": uid,
+            "now": now,
+            "expires": validation.expiry(now, self._max_age),
+        }
         rows, _ = executor.write(prepared.assign_user, values)
         if not rows:
             raise SessionNotFound(sid)
@@ -352,7 +357,7 @@ class Store:
         }
         now = self._now()
         values["now"] = now
-        values["expires"] = now + self._max_age
+        values["expires"] = validation.expiry(now, self._max_age)
         return values
 
     def _revive_values(self, revive: object) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sauce_sql.errors import InvalidInput
 from sauce_sql.models import SequenceType
@@ -22,6 +22,7 @@ __all__ = [
     "TABLE_NAME_MAX_LENGTH",
     "aware_utc",
     "client_ip",
+    "expiry",
     "positive_seconds",
     "sequence_column",
     "session_id",
@@ -133,8 +134,24 @@ def aware_utc(value: object, what: str = "datetime") -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(f"{what} {shown(value)} is naive; give a timezone-aware datetime")
-    return value.astimezone(timezone.utc)
+        raise InvalidInput(f"{what} {shown(value, 120)} is naive; give a timezone-aware datetime")
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError as exc:  # datetime.max west of UTC, datetime.min east of it
+        raise InvalidInput(
+            f"{what} {shown(value, 120)} is outside datetime's range in UTC"
+        ) from exc
+
+
+def expiry(now: datetime, max_age: timedelta) -> datetime:
+    """When a session written at ``now`` expires; InvalidInput past year 9999."""
+    try:
+        return now + max_age
+    except OverflowError as exc:
+        raise InvalidInput(
+            f"a session written at {now} would expire after year 9999: the clock is "
+            "too far ahead for session_max_age"
+        ) from exc
 
 
 def positive_seconds(value: object, what: str) -> float:
