@@ -19,8 +19,9 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import migrate
-from sauce_sql.engine import DEFAULT_URL, is_memory
+from sauce_sql.engine import DEFAULT_URL, URL_SHOWN, is_memory
 from sauce_sql.errors import SauceSQLError, StoreUnavailable, unavailable
+from sauce_sql.redact import safe_url, scrub
 from sauce_sql.store import Store
 
 __all__ = ["main"]
@@ -48,7 +49,7 @@ def _require_table(engine: Engine, table_name: str) -> None:
         with engine.connect() as connection:
             present = inspect(connection).has_table(table_name)
     except SQLAlchemyError as exc:
-        where = f"database {url.render_as_string(hide_password=True)} is unavailable"
+        where = f"database {safe_url(url, limit=URL_SHOWN)} is unavailable"
         raise unavailable(where, exc) from exc
     if not present:
         raise StoreUnavailable(f"{missing}: {hint}")
@@ -56,25 +57,30 @@ def _require_table(engine: Engine, table_name: str) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     store = _store(args)
+    table = store.get_state().table_name  # as validated: in lower case
     try:
-        migrate.upgrade(store.engine, args.table_name, args.revision)
-        revision = migrate.current(store.engine, args.table_name)
+        migrate.is_current(store.engine, table)  # refuses a table that is not ours
+        migrate.upgrade(store.engine, table, args.revision)
+        revision = migrate.current(store.engine, table)
+    except SauceSQLError:
+        raise
     except Exception as exc:
         raise unavailable("migration failed", exc) from exc
     finally:
         store.close()
-    print(f"table {args.table_name!r} is at revision {revision} in {store.get_state().url}")
+    print(f"table {table!r} is at revision {revision} in {store.get_state().url}")
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     store = _store(args)
+    table = store.get_state().table_name
     try:
-        _require_table(store.engine, args.table_name)
+        _require_table(store.engine, table)
         deleted = store.start().cleanup()
     finally:
         store.close()
-    print(f"deleted {deleted} expired sessions from {args.table_name!r}")
+    print(f"deleted {deleted} expired sessions from {table!r}")
     return 0
 
 
@@ -82,9 +88,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sauce_sql.report import build_report, format_report
 
     store = _store(args)
+    table = store.get_state().table_name
     try:
-        _require_table(store.engine, args.table_name)
-        report = build_report(store.engine, args.table_name, datetime.now(timezone.utc))
+        _require_table(store.engine, table)
+        report = build_report(store.engine, table, datetime.now(timezone.utc))
     finally:
         store.close()
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
@@ -174,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    # Whatever raised it, a password it quotes is not printed.
+    return scrub(" ".join(str(exc).split()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from datetime import datetime
 from sauce_sql import validation
 from sauce_sql.engine import DURABILITY_MODES
 from sauce_sql.errors import InvalidInput
+from sauce_sql.redact import shown
 
 __all__ = ["MAX_AGE_LIMIT", "StoreConfig"]
 
@@ -39,13 +40,13 @@ class StoreConfig:
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if durability not in DURABILITY_MODES:
-            raise InvalidInput(f"durability must be 'normal' or 'full', got {durability!r}")
+            raise InvalidInput(f"durability must be 'normal' or 'full', got {shown(durability)}")
         max_age = validation.positive_seconds(session_max_age, "session_max_age")
         if max_age > MAX_AGE_LIMIT:
             # Expiry times must stay within datetime's range (year 9999).
             raise InvalidInput(
                 f"session_max_age must be at most {MAX_AGE_LIMIT:.0f} s (100 years), "
-                f"got {max_age!r}"
+                f"got {shown(max_age)}"
             )
         return cls(
             table_name=validation.table_name(table_name),

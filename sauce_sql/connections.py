@@ -23,7 +23,8 @@ call, which is then retried once if it only read, and it is replaced together wi
 every connection opened before it.
 
 Every driver error leaves through :meth:`Executor._unavailable` as
-:class:`StoreUnavailable` with the cause chained.
+:class:`StoreUnavailable` with the cause chained, but for a value the database's
+encoding cannot hold, which is the caller's :class:`InvalidInput`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from sauce_sql.checkpoints import (
     Outcome,
 )
 from sauce_sql.engine import BUSY_TIMEOUT_MS, configure_sqlite, is_memory, prepare_threshold
-from sauce_sql.errors import StoreUnavailable, unavailable
+from sauce_sql.errors import StoreUnavailable, unavailable, unstorable
 from sauce_sql.floor import FloorTimeout, WriteFloor
 from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
@@ -523,10 +524,12 @@ class Executor:
         try:
             cursor.execute(prepared.sql, parameters)
             rows = cursor.fetchall() if prepared.returns_rows else []
+        except UnicodeEncodeError as exc:  # psycopg, for a database that is not UTF8
+            raise (unstorable(exc) or self._unavailable(exc)) from exc
         except self._error as exc:
             if self.dialect.is_disconnect(exc, held.connection, cursor):
                 raise ConnectionLost(*self._unavailable(exc).args) from exc
-            raise self._unavailable(exc) from exc
+            raise (unstorable(exc) or self._unavailable(exc)) from exc
         return rows, cursor.rowcount
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:

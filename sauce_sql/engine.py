@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from sauce_sql.errors import InvalidInput
+from sauce_sql.redact import safe_url, scrub, shown
 from sauce_sql.statements import SUPPORTED_DIALECTS
 
 __all__ = [
@@ -35,6 +36,17 @@ DURABILITY_MODES = {"normal": "NORMAL", "full": "FULL"}
 BUSY_TIMEOUT_MS = 5000
 # An unreachable PostgreSQL server must fail a call within seconds, never hang it.
 CONNECT_TIMEOUT_S = 5
+# How much of a refused URL a message quotes.
+URL_SHOWN = 100
+
+
+# The drivers the store runs on, by dialect ("": the URL names none).
+_DRIVERS = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
+_INSTALL_PSYCOPG = "pip install 'sauce-sql[postgres]'"
+_RUNS_ON = (
+    "sauce_sql runs on sqlite:// (Python's own sqlite3) and on postgresql:// or "
+    f"postgresql+psycopg:// (psycopg 3: {_INSTALL_PSYCOPG})"
+)
 
 
 def parse_url(url: str | URL | None) -> URL:
@@ -45,13 +57,26 @@ def parse_url(url: str | URL | None) -> URL:
         raise TypeError(f"url must be a str or sqlalchemy.URL, not {type(url).__name__}")
     try:
         parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
-        raise InvalidInput(f"cannot parse database URL {str(url)!r}: {exc}") from None
-    backend = parsed.get_backend_name()
-    if backend not in SUPPORTED_DIALECTS:
+    except (ArgumentError, ValueError):
+        # Neither error's text is shown: a port's ValueError quotes what follows the
+        # host, which may be the rest of a password holding an "@".
         raise InvalidInput(
-            f"unsupported database {backend!r} in URL; sauce_sql runs on "
-            + " and ".join(SUPPORTED_DIALECTS)
+            f"cannot parse database URL {shown(scrub(str(url)), URL_SHOWN)}: "
+            "expected dialect[+driver]://user:password@host:port/database"
+        ) from None
+    if parsed.host is not None and "@" in parsed.host:
+        # The driver would quote the "host" (the password's end) in its errors.
+        raise InvalidInput(
+            f"cannot use database URL {shown(safe_url(parsed), URL_SHOWN)}: its password "
+            "holds an '@'; write it percent-encoded, as %40"
+        )
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in SUPPORTED_DIALECTS:
+        raise InvalidInput(f"unsupported database {shown(backend)} in URL; {_RUNS_ON}")
+    if driver not in _DRIVERS[backend]:
+        raise InvalidInput(
+            f"unsupported driver {shown(driver)} for {backend} in URL "
+            f"{shown(safe_url(parsed), URL_SHOWN)}; {_RUNS_ON}"
         )
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -158,12 +183,18 @@ def create_store_engine(url: URL, *, durability: str) -> Engine:
             return _sqlite_engine(url, durability)
         return _postgresql_engine(url)
     except (ArgumentError, NoSuchModuleError) as exc:
-        raise InvalidInput(f"cannot use database URL {url.render_as_string()!r}: {exc}") from None
-    except ImportError as exc:
         raise InvalidInput(
-            f"the driver for {url.drivername} is not installed ({exc}); "
-            "for PostgreSQL install sauce-sql[postgres]"
+            f"cannot use database URL {shown(safe_url(url), URL_SHOWN)}: {scrub(str(exc))}"
         ) from None
+    except ImportError as exc:
+        # parse_url let through only the drivers named in _DRIVERS.
+        if url.get_backend_name() == "sqlite":
+            missing = "Python's sqlite3 module is missing (this Python was built without it)"
+        else:
+            missing = (
+                f"psycopg 3, the driver for postgresql://, is not installed: {_INSTALL_PSYCOPG}"
+            )
+        raise InvalidInput(f"{missing} ({exc})") from None
 
 
 def _postgresql_engine(url: URL) -> Engine:

@@ -19,7 +19,11 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
+
+from sauce_sql.errors import SchemaConflict
+from sauce_sql.redact import shown
+from sauce_sql.schema import sessions_table
 
 __all__ = [
     "check",
@@ -96,18 +100,74 @@ def is_current(engine: Engine, table_name: str) -> bool:
     """Whether ``table_name`` is at the latest revision, asked without a transaction.
 
     So a store starting on an up-to-date schema runs no migration and opens no
-    transaction, which a pooler in statement mode would refuse.
+    transaction, which a pooler in statement mode would refuse. Raises
+    :class:`SchemaConflict` if the table is not one sauce_sql can migrate or use.
     """
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(make_config(table_name)).get_current_head()
+    script = ScriptDirectory.from_config(make_config(table_name))
+    head = script.get_current_head()
+    known = {revision.revision for revision in script.walk_revisions()}
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             connection.execution_options(isolation_level="AUTOCOMMIT")
-        context = MigrationContext.configure(
-            connection, opts={"version_table": version_table(table_name)}
+        revision = _owned_revision(connection, table_name, known)
+        if revision == head:
+            _check_columns(connection, table_name)
+        return revision == head
+
+
+def _owned_revision(connection: Connection, table_name: str, known: set[str]) -> str | None:
+    """The revision ``table_name`` is at (None: not created yet); SchemaConflict if
+    the table is another application's or at a revision this sauce_sql does not know."""
+    inspector = inspect(connection)
+    # The table first: a migration creates it and its version table in one
+    # transaction, so a table seen here has its revision readable below.
+    present = inspector.has_table(table_name)
+    versions = version_table(table_name)
+    context = MigrationContext.configure(connection, opts={"version_table": versions})
+    revision = context.get_current_revision()
+    if revision is None:
+        if present:
+            raise SchemaConflict(
+                f"table {table_name!r} already exists but has no {versions!r}: it is another "
+                "application's table, which sauce_sql leaves alone; give the store another "
+                "table_name"
+            )
+        # PostgreSQL keeps quoted names apart from the lower-case ones sauce_sql uses.
+        for other in inspector.get_table_names():
+            if other.lower() == table_name and other != table_name:
+                raise SchemaConflict(
+                    f"table {table_name!r} does not exist but {other!r} does: sauce_sql folds "
+                    f"table names to lower case; rename {other!r} and {version_table(other)!r} "
+                    "to lower case, or give the store another table_name"
+                )
+        return None
+    if revision not in known:
+        raise SchemaConflict(
+            f"table {table_name!r} is at schema revision {shown(revision)}, which this "
+            "sauce_sql does not know: a newer sauce_sql migrated it; upgrade sauce_sql to "
+            "use it, or give the store another table_name"
         )
-        return context.get_current_revision() == head
+    if not present:
+        raise SchemaConflict(
+            f"table {table_name!r} does not exist, yet {versions!r} says it is at revision "
+            f"{shown(revision)}: it was dropped by hand; drop {versions!r} too (the store "
+            "then creates the table afresh), or give the store another table_name"
+        )
+    return revision
+
+
+def _check_columns(connection: Connection, table_name: str) -> None:
+    """SchemaConflict if the table at the latest revision lacks one of its columns."""
+    present = {column["name"] for column in inspect(connection).get_columns(table_name)}
+    missing = [column.name for column in sessions_table(table_name).c if column.name not in present]
+    if missing:
+        raise SchemaConflict(
+            f"table {table_name!r} lacks the columns {', '.join(missing)}: it is not "
+            "sauce_sql's sessions table (or was altered by hand); give the store another "
+            "table_name"
+        )
 
 
 def downgrade(engine: Engine, table_name: str, revision: str = "base") -> None:

@@ -60,18 +60,28 @@ class ReviveSession:
     def from_dict(cls, data: Mapping[str, Any]) -> ReviveSession:
         """Rebuild from :meth:`to_dict`'s output; unknown keys are ignored.
 
-        Values are checked when the store uses them, like any other argument.
+        The dict may come from a client: anything malformed in it (not a mapping, a
+        missing or empty ``session_id``, a field of the wrong type) is
+        :class:`InvalidInput`, and nothing is coerced. The values themselves are
+        checked when the store uses them, like any other argument.
         """
         if not isinstance(data, Mapping):
-            raise TypeError(f"expected a mapping, got {type(data).__name__}")
-        if "session_id" not in data:
-            raise InvalidInput("a revive dict needs a 'session_id'")
-        return cls(
-            session_id=data["session_id"],
-            user_agent=data.get("user_agent") or "",
-            user_id=data.get("user_id"),
-            client_ip=data.get("client_ip"),
-        )
+            raise InvalidInput(f"a revive dict must be a mapping, not {type(data).__name__}")
+        session_id = data.get("session_id")
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidInput("a revive dict needs a non-empty str 'session_id'")
+        user_agent = data.get("user_agent", "")
+        if not isinstance(user_agent, str):
+            raise InvalidInput(
+                f"a revive dict's 'user_agent' must be a str, not {type(user_agent).__name__}"
+            )
+        optional = {name: data.get(name) for name in ("user_id", "client_ip")}
+        for name, value in optional.items():
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(
+                    f"a revive dict's {name!r} must be a str or None, not {type(value).__name__}"
+                )
+        return cls(session_id, user_agent, optional["user_id"], optional["client_ip"])
 
 
 @dataclass(frozen=True, slots=True)

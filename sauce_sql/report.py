@@ -73,7 +73,8 @@ def build_report(engine: Engine, table_name: str, now: datetime) -> Report:
     Days are UTC days, whatever time zone ``now`` is given in.
     """
     now = validation.aware_utc(now, "now")
-    table = sessions_table(validation.table_name(table_name))
+    table_name = validation.table_name(table_name)
+    table = sessions_table(table_name)
     dialect = engine.dialect.name
     try:
         with snapshot(engine) as connection:

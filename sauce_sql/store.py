@@ -19,6 +19,7 @@ from sauce_sql.clocks import ServerClock, utc_now
 from sauce_sql.config import StoreConfig
 from sauce_sql.connections import Executor
 from sauce_sql.engine import (
+    URL_SHOWN,
     check_application_engine,
     create_store_engine,
     is_memory,
@@ -34,6 +35,7 @@ from sauce_sql.errors import (
 )
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
 from sauce_sql.prepared import Prepared, row_reader
+from sauce_sql.redact import safe_url, shown
 from sauce_sql.schema import sessions_table
 
 __all__ = ["Store"]
@@ -109,7 +111,8 @@ class Store:
         self._clock = self._config.clock
         # Where now comes from without an injected clock: set by start().
         self._system_clock: Callable[[], datetime] = utc_now
-        self._url = self._engine.url.render_as_string(hide_password=True)
+        self._url = safe_url(self._engine.url)
+        self._describe = safe_url(self._engine.url, limit=URL_SHOWN)
         self._lifecycle = threading.Lock()
         self._executor: Executor | None = None
         self._prepared: _Prepared | None = None
@@ -139,11 +142,11 @@ class Store:
                 self._create_schema()
                 self._prepared = _Prepared(self._engine, self._config.table_name)
             except (SQLAlchemyError, CommandError, OSError) as exc:
-                raise unavailable(f"database {self._url} is unavailable", exc) from exc
+                raise unavailable(f"database {self._describe} is unavailable", exc) from exc
             self._executor = sharing.acquire(
                 self._engine,
                 durability=self._config.durability,
-                describe=self._url,
+                describe=self._describe,
                 shareable=self._owns_engine,
             )
             if self._engine.dialect.name == "postgresql":
@@ -262,7 +265,7 @@ class Store:
             statement = prepared.increment_view
         else:
             statement = prepared.increment_event
-        values = {"sid": sid, "now": now, "expires": now + self._max_age}
+        values = {"sid": sid, "now": now, "expires": validation.expiry(now, self._max_age)}
         rows, _ = executor.write(statement, values)
         if not rows:
             raise SessionNotFound(sid)
@@ -274,7 +277,12 @@ class Store:
         uid = validation.user_id(user_id)
         executor, prepared = self._started()
         now = self._now()
-        values = {"sid": sid, "uid": uid, "now": now, "expires": now + self._max_age}
+        values = {
+            "sid": sid,
+            "uid": uid,
+            "now": now,
+            "expires": validation.expiry(now, self._max_age),
+        }
         rows, _ = executor.write(prepared.assign_user, values)
         if not rows:
             raise SessionNotFound(sid)
@@ -303,7 +311,7 @@ class Store:
             rows, _ = executor.write(prepared.revive_if_expired, values)
             if rows:
                 return self._session(prepared, rows[0])
-        raise StoreUnavailable(f"session {revive.session_id!r} kept changing under revival")
+        raise StoreUnavailable(f"session {shown(revive.session_id)} kept changing under revival")
 
     def cleanup(self, now: datetime | None = None) -> int:
         """Delete every session expired at ``now`` (default: the clock's now), in
@@ -361,7 +369,7 @@ class Store:
         }
         now = self._now()
         values["now"] = now
-        values["expires"] = now + self._max_age
+        values["expires"] = validation.expiry(now, self._max_age)
         return values
 
     def _revive_values(self, revive: object) -> dict[str, Any]:

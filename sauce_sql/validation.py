@@ -11,16 +11,18 @@ import functools
 import ipaddress
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sauce_sql.errors import InvalidInput
 from sauce_sql.models import SequenceType
+from sauce_sql.redact import shown
 from sauce_sql.schema import ID_MAX_LENGTH, IP_MAX_LENGTH, USER_AGENT_MAX_LENGTH
 
 __all__ = [
     "TABLE_NAME_MAX_LENGTH",
     "aware_utc",
     "client_ip",
+    "expiry",
     "positive_seconds",
     "sequence_column",
     "session_id",
@@ -35,6 +37,8 @@ TABLE_NAME_MAX_LENGTH = 40
 # encoding can hold.
 _FORBIDDEN_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# An IPv6 zone id is an interface: a name (Linux allows 15 characters) or a number.
+_ZONE_ID = re.compile(r"[A-Za-z0-9._-]{1,15}", re.ASCII)
 _TABLE_NAME = re.compile(rf"[A-Za-z_][A-Za-z0-9_]{{0,{TABLE_NAME_MAX_LENGTH - 1}}}", re.ASCII)
 _SEQUENCE_COLUMNS = {
     SequenceType.VIEW: "view_sequence",
@@ -50,7 +54,7 @@ def _identifier(value: object, what: str) -> str:
     if not 0 < len(value) <= ID_MAX_LENGTH:
         raise InvalidInput(f"{what} must be 1 to {ID_MAX_LENGTH} characters long, got {len(value)}")
     if _FORBIDDEN_IN_ID.search(value):
-        raise InvalidInput(f"{what} {value!r} holds a control character or a lone surrogate")
+        raise InvalidInput(f"{what} {shown(value)} holds a control character or a lone surrogate")
     return value
 
 
@@ -99,16 +103,21 @@ def _canonical_ip(value: str) -> str:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
-        raise InvalidInput(f"client_ip {value!r} is not an IP address") from None
+        raise InvalidInput(f"client_ip {shown(value)} is not an IP address") from None
+    zone = getattr(address, "scope_id", None)
+    if zone is not None and not _ZONE_ID.fullmatch(zone):
+        # ipaddress takes any text after "%" as the zone, markup and control
+        # characters included; a stored "address" must be one.
+        raise InvalidInput(
+            f"client_ip {shown(value)} has a zone id that is not an interface name or "
+            "number (letters, digits, '.', '_', '-', at most 15 characters)"
+        )
     canonical = str(address)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         # Python 3.13 changed how str() writes these; keep one form on every version.
         canonical = f"::ffff:{address.ipv4_mapped}"
-    if len(canonical) > IP_MAX_LENGTH:
-        raise InvalidInput(f"client_ip {value!r} is longer than {IP_MAX_LENGTH} characters")
-    if _FORBIDDEN_IN_ID.search(canonical):
-        # ipaddress takes any text as an IPv6 zone ("fe80::1%\x00"); no database should.
-        raise InvalidInput(f"client_ip {value!r} holds a control character")
+    if len(canonical) > IP_MAX_LENGTH:  # cannot happen with the zone bounded; a backstop
+        raise InvalidInput(f"client_ip {shown(value)} is longer than {IP_MAX_LENGTH} characters")
     return canonical
 
 
@@ -117,7 +126,7 @@ def sequence_column(value: object) -> str:
     try:
         return _SEQUENCE_COLUMNS[value]  # type: ignore[index]
     except (KeyError, TypeError):
-        raise InvalidInput(f"sequence type must be 'view' or 'event', got {value!r}") from None
+        raise InvalidInput(f"sequence type must be 'view' or 'event', got {shown(value)}") from None
 
 
 def aware_utc(value: object, what: str = "datetime") -> datetime:
@@ -125,8 +134,24 @@ def aware_utc(value: object, what: str = "datetime") -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(f"{what} {value!r} is naive; give a timezone-aware datetime")
-    return value.astimezone(timezone.utc)
+        raise InvalidInput(f"{what} {shown(value, 120)} is naive; give a timezone-aware datetime")
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError as exc:  # datetime.max west of UTC, datetime.min east of it
+        raise InvalidInput(
+            f"{what} {shown(value, 120)} is outside datetime's range in UTC"
+        ) from exc
+
+
+def expiry(now: datetime, max_age: timedelta) -> datetime:
+    """When a session written at ``now`` expires; InvalidInput past year 9999."""
+    try:
+        return now + max_age
+    except OverflowError as exc:
+        raise InvalidInput(
+            f"a session written at {now} would expire after year 9999: the clock is "
+            "too far ahead for session_max_age"
+        ) from exc
 
 
 def positive_seconds(value: object, what: str) -> float:
@@ -139,17 +164,25 @@ def positive_seconds(value: object, what: str) -> float:
         seconds = math.inf
     # Below a microsecond, timedelta rounds to zero: the session would be born expired.
     if not math.isfinite(seconds) or seconds < 1e-6:
-        raise InvalidInput(f"{what} must be a finite number of seconds >= 0.000001, got {value!r}")
+        raise InvalidInput(
+            f"{what} must be a finite number of seconds >= 0.000001, got {shown(value)}"
+        )
     return seconds
 
 
 def table_name(value: object) -> str:
-    """A plain SQL identifier: letters, digits and underscores, at most 40 characters."""
+    """A plain SQL identifier: letters, digits and underscores, at most 40 characters,
+    folded to lower case.
+
+    SQLite matches table names without regard to case, quoted or not, and PostgreSQL
+    folds unquoted ones: folding makes "Sessions" and "sessions" one table on every
+    backend, under the name a plain ``SELECT ... FROM sessions`` finds.
+    """
     if not isinstance(value, str):
         raise TypeError(f"table_name must be a str, not {type(value).__name__}")
     if not _TABLE_NAME.fullmatch(value):
         raise InvalidInput(
-            f"table_name {value!r} must be letters, digits and underscores, not start "
+            f"table_name {shown(value)} must be letters, digits and underscores, not start "
             f"with a digit, and be at most {TABLE_NAME_MAX_LENGTH} characters"
         )
-    return value
+    return value.lower()

@@ -368,3 +368,17 @@ def test_commands_on_a_database_without_the_table(
         assert not Path(sa.make_url(persistent_backend.url).database or "").exists()
     else:
         assert persistent_backend.table_name not in table_names(persistent_backend.url)
+
+
+def test_table_names_are_case_insensitive(cli: Run, persistent_backend: Backend) -> None:
+    """migrate, cleanup and report given one table name in different cases work on one
+    table, named in lower case."""
+    lower = persistent_backend.table_name
+    out = ok(cli("migrate", "--url", persistent_backend.url, "--table-name", lower.upper()))
+    assert repr(lower) in out
+    fill(persistent_backend, live=2, expired=1)
+    cleaned = ok(cli("cleanup", "--url", persistent_backend.url, "--table-name", lower.title()))
+    assert f"deleted 1 expired sessions from {lower!r}" in cleaned
+    args = ["--url", persistent_backend.url, "--table-name", lower.capitalize()]
+    data = json.loads(ok(cli("report", "--json", *args)))
+    assert (data["table_name"], data["live_sessions"]) == (lower, 2)

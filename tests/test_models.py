@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sauce_sql import AnalyticsSession, ReviveSession, SequenceType, StoreState
+from sauce_sql import AnalyticsSession, InvalidInput, ReviveSession, SequenceType, StoreState
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 SESSION = AnalyticsSession("sid", "ua", "192.0.2.1", "u1", 1, 2, NOW, NOW, NOW)
@@ -45,6 +45,52 @@ def test_revive_defaults() -> None:
     revive = ReviveSession("sid")
     assert (revive.user_agent, revive.user_id, revive.client_ip) == ("", None, None)
     assert ReviveSession.from_dict({"session_id": "sid"}) == revive
+
+
+MALFORMED_REVIVE_DICTS = {
+    "None": None,
+    "a str": "sid",
+    "a list": [("session_id", "sid")],
+    "bytes": b'{"session_id": "sid"}',
+    "no session_id": {"user_agent": "ua"},
+    "empty session_id": {"session_id": ""},
+    "session_id None": {"session_id": None},
+    "session_id 0": {"session_id": 0},
+    "session_id []": {"session_id": []},
+    "session_id {}": {"session_id": {}},
+    "session_id 5": {"session_id": 5},
+    "session_id True": {"session_id": True},
+    "session_id bytes": {"session_id": b"sid"},
+    "user_agent 0": {"session_id": "sid", "user_agent": 0},
+    "user_agent []": {"session_id": "sid", "user_agent": []},
+    "user_agent {}": {"session_id": "sid", "user_agent": {}},
+    "user_agent None": {"session_id": "sid", "user_agent": None},
+    "user_agent 5": {"session_id": "sid", "user_agent": 5},
+    "user_id 0": {"session_id": "sid", "user_id": 0},
+    "user_id []": {"session_id": "sid", "user_id": []},
+    "user_id 5": {"session_id": "sid", "user_id": 5},
+    "user_id False": {"session_id": "sid", "user_id": False},
+    "client_ip 0": {"session_id": "sid", "client_ip": 0},
+    "client_ip {}": {"session_id": "sid", "client_ip": {}},
+    "client_ip int": {"session_id": "sid", "client_ip": 3232235777},
+    "client_ip list": {"session_id": "sid", "client_ip": ["192.0.2.1"]},
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED_REVIVE_DICTS.values(), ids=MALFORMED_REVIVE_DICTS.keys())
+def test_malformed_revive_dicts_are_invalid_input(data: object) -> None:
+    """Anything malformed in a client's revive dict (not a mapping, a missing or empty
+    session_id, a field of the wrong type) is InvalidInput, never coerced."""
+    with pytest.raises(InvalidInput):
+        ReviveSession.from_dict(data)  # type: ignore[arg-type]
+
+
+def test_revive_dict_values_are_taken_as_they_are() -> None:
+    """A well-formed revive dict gives exactly its values; None is kept for user_id and
+    client_ip, missing fields take their defaults, unknown keys are ignored."""
+    data = {"session_id": "sid", "user_agent": "ua", "user_id": None, "client_ip": None, "x": 1}
+    assert ReviveSession.from_dict(data) == ReviveSession("sid", "ua", None, None)
+    assert ReviveSession.from_dict({"session_id": "sid", "user_id": "u"}).user_id == "u"
 
 
 def test_to_dict_returns_a_new_dict() -> None:

@@ -9,9 +9,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock, StoreFactory
+import sqlalchemy as sa
+from conftest import Backend, FakeClock, StoreFactory
 
-from sauce_sql import InvalidInput, ReviveSession, SauceSQLError, Store
+from sauce_sql import (
+    InvalidInput,
+    ReviveSession,
+    SauceSQLError,
+    SessionExists,
+    SessionNotFound,
+    Store,
+)
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=timezone.utc)
 BAD_IDS = {
@@ -90,6 +98,28 @@ def test_wrong_types_raise_type_error(store: Store) -> None:
     assert not store.session_exists("sid")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"session_id": 0},
+        {"session_id": ["a"]},
+        {"session_id": "sid", "user_agent": 0},
+        {"session_id": "sid", "user_agent": {}},
+        {"session_id": "sid", "user_id": 42},
+        {"session_id": "sid", "client_ip": 3232235777},
+        ["session_id", "sid"],
+    ],
+    ids=repr,
+)
+def test_malformed_revive_dict_from_a_client_is_bad_input(store: Store, data: object) -> None:
+    """A client's malformed revive dict is InvalidInput (a SauceSQLError, so an app
+    answers bad input rather than 500) on the way to either revival, and writes nothing."""
+    for revive in (store.revive_session, store.maybe_revive_session):
+        with pytest.raises(InvalidInput):
+            revive(ReviveSession.from_dict(data))  # type: ignore[arg-type]
+    assert store.cleanup(FAR_FUTURE) == 0
+
+
 # -- user agents ----------------------------------------------------------------------
 
 
@@ -151,6 +181,96 @@ def test_unparseable_client_ip_is_refused(store: Store, bad: str) -> None:
     assert not store.session_exists("sid")
 
 
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "fe80::1%eth0",
+        "fe80::1%en0",
+        "fe80::1%wlp2s0",
+        "fe80::1%eth0.100",
+        "fe80::1%vlan_7",
+        "fe80::1%br-1a2b3c4d5e6f",  # 15 characters, Linux's longest
+        "fe80::1%25",
+        "fe80::1%4294967295",
+    ],
+)
+def test_zone_ids_that_are_interface_names_are_kept(store: Store, ip: str) -> None:
+    """An IPv6 zone id that is an interface name or number is kept with the address."""
+    assert store.new_session("sid", client_ip=ip).client_ip == ip
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "fe80::1%<img src=x onerror=alert(1)>",
+        "fe80::1%eth0;DROP TABLE sessions",
+        "fe80::1%eth 0",
+        "fe80::1%eth\\0",
+        "fe80::1%'",
+        "fe80::1%br-1a2b3c4d5e6f7",  # 16 characters
+        "fe80::1%\u00e9th0",
+        "fe80::1%\u0661",  # an Arabic-Indic digit
+        "::ffff:192.0.2.1%<b>",
+    ],
+)
+def test_zone_ids_that_are_not_interface_names_are_refused(store: Store, ip: str) -> None:
+    """An IPv6 zone id that is not an interface name (letters, digits, ".", "_", "-",
+    at most 15 characters) is InvalidInput, and nothing is stored."""
+    with pytest.raises(InvalidInput, match="zone"):
+        store.new_session("sid", client_ip=ip)
+    with pytest.raises(InvalidInput, match="zone"):
+        store.revive_session(ReviveSession("sid", client_ip=ip))
+    assert store.cleanup(FAR_FUTURE) == 0
+
+
+HUGE = 8192
+# Calls that refuse a huge value, each quoting it in its message.
+HUGE_REFUSALS: dict[str, Callable[[Store], object]] = {
+    "client_ip": lambda s: s.new_session("sid", client_ip="x" * HUGE),
+    "zone id": lambda s: s.new_session("sid", client_ip="fe80::1%" + "x" * HUGE),
+    "session_id with a NUL": lambda s: s.new_session("\x00" + "x" * 250),
+    "sequence type": lambda s: s.inc_sequence("sid", "v" * HUGE),
+    "table_name": lambda s: Store("sqlite://", table_name="t" * HUGE),
+    "durability": lambda s: Store("sqlite://", durability="d" * HUGE),
+    "session_max_age": lambda s: Store("sqlite://", session_max_age=10**5000),
+    "unparseable url": lambda s: Store("x" * HUGE),
+    "unknown database": lambda s: Store("x" * HUGE + "://u@h/db"),
+    "naive datetime": lambda s: s.cleanup(_NaiveWithHugeRepr(2026, 1, 1)),
+}
+
+
+class _NaiveWithHugeRepr(datetime):
+    """A naive datetime whose repr is 8 KB."""
+
+    def __repr__(self) -> str:
+        return "x" * HUGE
+
+
+@pytest.mark.parametrize("refusal", HUGE_REFUSALS.values(), ids=HUGE_REFUSALS.keys())
+def test_refused_values_are_not_echoed_whole(
+    store: Store, refusal: Callable[[Store], object]
+) -> None:
+    """A refused value is quoted as a short prefix with its length, never whole: an
+    8 KB header gives a message of a line, not of 8 KB."""
+    with pytest.raises(InvalidInput) as caught:
+        refusal(store)
+    assert len(str(caught.value)) < 250, str(caught.value)
+
+
+def test_session_errors_quote_a_long_id_briefly(store: Store) -> None:
+    """SessionExists and SessionNotFound quote a 255-character id as a short prefix
+    (the id itself stays whole on the error's session_id)."""
+    sid = "s" * 255
+    store.new_session(sid)
+    with pytest.raises(SessionExists) as exists:
+        store.new_session(sid)
+    with pytest.raises(SessionNotFound) as missing:
+        store.inc_sequence("m" * 255, "view")
+    for error in (exists.value, missing.value):
+        assert len(str(error)) < 120, str(error)
+    assert (exists.value.session_id, missing.value.session_id) == (sid, "m" * 255)
+
+
 # -- options --------------------------------------------------------------------------
 
 
@@ -177,10 +297,38 @@ def test_bad_table_names_are_refused(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["a" * 40, "_private", "Sessions_2026", "t"])
 def test_plain_table_names_are_accepted(name: str) -> None:
-    """Letters, digits and underscores up to 40 characters make a valid table name."""
+    """Letters, digits and underscores up to 40 characters make a valid table name,
+    folded to lower case."""
     with Store("sqlite://", table_name=name, clean_interval=None) as store:
-        assert store.get_state().table_name == name
+        assert store.get_state().table_name == name.lower()
         assert store.new_session("sid").view_sequence == 0
+
+
+def test_table_names_differing_in_case_are_one_table(shared_backend: Backend) -> None:
+    """Table names are case-insensitive on every backend: "Sessions_X", "SESSIONS_X" and
+    "sessions_x" are one table (its name in lower case), with one version table."""
+    lower = shared_backend.table_name
+    names = [lower.capitalize(), lower.upper(), lower]
+    for name in names:
+        shared_backend.migrate(name)
+    stores = [
+        Store(shared_backend.url, table_name=name, clean_interval=None).start() for name in names
+    ]
+    try:
+        stores[0].new_session("sid")
+        assert stores[1].inc_sequence("sid", "view") == 1
+        assert stores[2].inc_sequence("sid", "view") == 2
+        assert [store.get_state().table_name for store in stores] == [lower] * 3
+    finally:
+        for store in stores:
+            store.close()
+    engine = sa.create_engine(shared_backend.direct_url)
+    try:
+        tables = {name.lower() for name in sa.inspect(engine).get_table_names()}
+        mine = {name for name in tables if lower in name}
+    finally:
+        engine.dispose()
+    assert mine == {lower, f"alembic_version_{lower}"}
 
 
 @pytest.mark.parametrize("option", ["session_max_age", "clean_interval"])

@@ -34,6 +34,7 @@ from sauce_sql.bench import workloads as work
 from sauce_sql.bench.clients import OPERATIONS, RawPostgres, RawSQLite, RedisClient, store_ops
 from sauce_sql.bench.report import evaluate, format_report
 from sauce_sql.prepared import datetime_to_sqlite
+from sauce_sql.redact import safe_url, scrub
 from sauce_sql.store import Store
 
 __all__ = ["BenchOptions", "main", "run"]
@@ -265,7 +266,7 @@ def _redis(url: str | None) -> tuple[RedisClient | None, str | None]:
     except ImportError:
         return None, "redis-py is not installed (pip install redis)"
     except Exception as exc:
-        return None, f"no Redis answers at {url}: {' '.join(str(exc).split())[:120]}"
+        return None, f"no Redis answers at {safe_url(url)}: {_brief(exc)}"
 
 
 def _pg_reachable(url: str | None) -> str | None:
@@ -278,13 +279,21 @@ def _pg_reachable(url: str | None) -> str | None:
     try:
         RawPostgres(url, "unused", max_age=MAX_AGE).close()
     except Exception as exc:
-        return f"no PostgreSQL answers at {url}: {' '.join(str(exc).split())[:120]}"
+        return f"no PostgreSQL answers at {safe_url(url)}: {_brief(exc)}"
     return None
+
+
+def _brief(exc: BaseException) -> str:
+    return scrub(" ".join(str(exc).split()))[:120]
 
 
 def run(options: BenchOptions) -> dict[str, Any]:
     """Run the benchmark; returns every figure, the skipped parts and the targets."""
-    results: dict[str, Any] = {"options": {**options.__dict__}, "skipped": {}}
+    shown = {**options.__dict__}
+    for name in ("pg_url", "redis_url"):
+        if shown[name]:
+            shown[name] = safe_url(shown[name])
+    results: dict[str, Any] = {"options": shown, "skipped": {}}
     redis, why = _redis(options.redis_url)
     if why:
         results["skipped"]["redis"] = why
