@@ -15,6 +15,16 @@ __all__ = ["MAX_AGE_LIMIT", "StoreConfig"]
 MAX_AGE_LIMIT = 100 * 365.25 * 24 * 3600
 
 
+def _count(value: object, what: str, *, least: int, most: int | None = None) -> int:
+    """A whole number from ``least`` to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < least or (most is not None and value > most):
+        bounds = f"from {least} to {most}" if most is not None else f">= {least}"
+        raise InvalidInput(f"{what} must be {bounds}, got {value}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     """Validated store options (everything but the database itself)."""
@@ -24,6 +34,8 @@ class StoreConfig:
     clean_interval: float | None
     clock: Callable[[], datetime] | None
     durability: str
+    max_connections: int
+    max_idle_connections: int
 
     @classmethod
     def create(
@@ -34,6 +46,8 @@ class StoreConfig:
         clean_interval: object,
         clock: object,
         durability: object,
+        max_connections: object = 10,
+        max_idle_connections: object = None,
     ) -> StoreConfig:
         """Check every option, raising InvalidInput or TypeError on the first bad one."""
         if clock is not None and not callable(clock):
@@ -47,6 +61,12 @@ class StoreConfig:
                 f"session_max_age must be at most {MAX_AGE_LIMIT:.0f} s (100 years), "
                 f"got {max_age!r}"
             )
+        most = _count(max_connections, "max_connections", least=1)
+        idle = (
+            most
+            if max_idle_connections is None
+            else _count(max_idle_connections, "max_idle_connections", least=0, most=most)
+        )
         return cls(
             table_name=validation.table_name(table_name),
             session_max_age=max_age,
@@ -57,4 +77,6 @@ class StoreConfig:
             ),
             clock=clock,
             durability=str(durability),
+            max_connections=most,
+            max_idle_connections=idle,
         )

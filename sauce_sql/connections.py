@@ -10,17 +10,18 @@ copies the write-ahead log into the database beside them
 (WAL) on connections of their own, and an in-memory database is one connection that
 readers and writers take turns on.
 PostgreSQL runs each call on a held connection in autocommit: one statement, one round
-trip, no separate BEGIN and COMMIT.
+trip, no separate BEGIN and COMMIT. A store holds at most ``max_connections`` of them,
+lent longest waiter first (:mod:`sauce_sql.budget`).
 
 The store holds its connections itself rather than checking one out of the engine's
 pool per call: a checkout costs as much as a SQLite read. It takes them from the
 engine's pool once and detaches them, so the engine's ``connect`` listeners still run
 and an application's pool is not drained. Idle ones wait on a free list (a plain
-list: ``append`` and ``pop`` are atomic), so the store holds about as many as there
-are threads calling it at once. The pool's own options (``pool_pre_ping``,
-``pool_recycle``) do not apply to them: a dead connection shows itself by failing a
-call, which is then retried once if it only read, and it is replaced together with
-every connection opened before it.
+list: ``append`` and ``pop`` are atomic; for PostgreSQL, the budget's), so the store
+holds about as many as there are threads calling it at once. The pool's own options
+(``pool_pre_ping``, ``pool_recycle``) do not apply to them: a dead connection shows
+itself by failing a call, which is then retried once if it only read, and it is
+replaced together with every connection opened before it.
 
 Every driver error leaves through :meth:`Executor._unavailable` as
 :class:`StoreUnavailable` with the cause chained.
@@ -31,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,6 +40,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
+from sauce_sql.budget import BudgetSpent, ConnectionBudget
 from sauce_sql.checkpoints import BACKSTOP_FRAMES, CHECKPOINT_EVERY, Checkpointer, Outcome
 from sauce_sql.engine import configure_sqlite, is_memory, prepare_threshold
 from sauce_sql.errors import StoreUnavailable, unavailable
@@ -49,17 +50,14 @@ from sauce_sql.prepared import Prepared
 
 logger = logging.getLogger("sauce_sql.connections")
 
-__all__ = ["MAX_IDLE", "MAX_SERVER_CONNECTIONS", "ConnectionLost", "Executor", "Result"]
+__all__ = ["MAX_IDLE", "ConnectionLost", "Executor", "Result"]
 
 Result = tuple[list[Sequence[Any]], int]
 """The rows a statement returned and the number of rows it changed."""
 
-#: Idle connections kept beyond this many are closed when given back.
+#: Idle SQLite reader connections kept beyond this many are closed when given back.
 MAX_IDLE = 8
-#: PostgreSQL connections one store uses at once; further callers wait for one, up to
-#: SERVER_WAIT seconds. Held connections are detached from the engine's pool, so
-#: without this bound a burst of threads would open as many server sessions.
-MAX_SERVER_CONNECTIONS = 16
+#: Seconds a call waits for one of the store's PostgreSQL connections when all are busy.
 SERVER_WAIT = 30.0
 
 
@@ -113,7 +111,15 @@ class _Held:
 class Executor:
     """Executes :class:`Prepared` statements for one store."""
 
-    def __init__(self, engine: Engine, *, durability: str, describe: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        durability: str,
+        describe: str,
+        max_connections: int = 10,
+        max_idle_connections: int | None = None,
+    ) -> None:
         self.engine = engine
         self.dialect = engine.dialect
         self._error: type[Any] = engine.dialect.loaded_dbapi.Error
@@ -124,6 +130,8 @@ class Executor:
         self._sqlite = engine.dialect.name == "sqlite"
         self._memory = self._sqlite and is_memory(engine.url)
         self._prepare_threshold = None if self._sqlite else prepare_threshold(engine.url)
+        self._max_connections = max_connections
+        self._keep_idle = max_connections if max_idle_connections is None else max_idle_connections
         self._closed = False
         self._fresh_state()
         # Connections inherited over fork(): the parent still owns them, so the child
@@ -140,12 +148,11 @@ class Executor:
         self._memory_proxy: PoolProxiedConnection | None = None
         self._memory_isolation: str | None = ""
         self._lock = threading.Lock()
-        # One token per server connection a call may use. A SimpleQueue rather than a
-        # BoundedSemaphore: its get and put are C, where the semaphore's Condition costs
-        # about a microsecond per call, a few percent of a PostgreSQL read.
-        self._server_slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(MAX_SERVER_CONNECTIONS):
-            self._server_slots.put(None)
+        # Held connections are detached from the engine's pool: without a budget, a
+        # burst of threads would open as many server sessions.
+        self._budget: ConnectionBudget[_Held] = ConnectionBudget(
+            self._max_connections, self._keep_idle
+        )
         self._group = GroupCommitter(self._writer_connection, self._run_on_writer, self._lock)
         self._floor = WriteFloor()
         self._writes = 0
@@ -272,6 +279,8 @@ class Executor:
                     dbapi.isolation_level = self._memory_isolation
                 proxy.close()
         self._drain_idle()
+        if not self._sqlite:
+            self._close_server()
 
     # -- connections ----------------------------------------------------------------
 
@@ -365,18 +374,7 @@ class Executor:
     def _run_held(self, prepared: Prepared, parameters: Any) -> Result:
         if self._sqlite:
             return self._run_idle_or_new(prepared, parameters)
-        slots = self._server_slots
-        try:
-            slots.get(timeout=SERVER_WAIT)
-        except queue.Empty:
-            raise StoreUnavailable(
-                f"database {self._describe} is unavailable: all {MAX_SERVER_CONNECTIONS} "
-                f"connections of the store stayed busy for {SERVER_WAIT:.0f} s"
-            ) from None
-        try:
-            return self._run_idle_or_new(prepared, parameters)
-        finally:
-            slots.put(None)
+        return self._run_on_server(prepared, parameters)
 
     def _run_idle_or_new(self, prepared: Prepared, parameters: Any) -> Result:
         while True:
@@ -427,3 +425,62 @@ class Executor:
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return unavailable(f"database {self._describe} is unavailable", exc)
+
+    # -- PostgreSQL -----------------------------------------------------------------
+
+    def _run_on_server(self, prepared: Prepared, parameters: Any) -> Result:
+        held = self._server_connection()
+        try:
+            result = self._execute(held, prepared, parameters)
+        except ConnectionLost:
+            self._epoch += 1
+            self._lose_server(held)
+            raise
+        except BaseException:
+            self._server_give_back(held)
+            raise
+        self._server_give_back(held)
+        return result
+
+    def _server_connection(self) -> _Held:
+        """A connection of the budget's, waiting in line for one if need be."""
+        try:
+            held = self._budget.take(SERVER_WAIT)
+        except BudgetSpent:
+            raise StoreUnavailable(
+                f"all {self._max_connections} of the store's connections to "
+                f"{self._describe} stayed busy for {SERVER_WAIT:.0f} s; raise "
+                "max_connections, or call the store from fewer threads at once"
+            ) from None
+        if held is not None:
+            if held.epoch == self._epoch:
+                return held
+            # Opened before a connection was lost: presumed dead too. Its place in the
+            # budget goes to a new one.
+            self._discard(held)
+        try:
+            return self._open()
+        except BaseException:
+            self._budget.give_back(None)
+            raise
+
+    def _server_give_back(self, held: _Held) -> None:
+        if self._closed or held.epoch < self._epoch:
+            self._lose_server(held)
+        else:
+            surplus = self._budget.give_back(held)
+            if surplus is not None:
+                self._discard(surplus)
+        if self._closed:
+            # close() ran while this call was out, and may have drained the budget first.
+            for idle in self._budget.drain():
+                self._discard(idle)
+
+    def _lose_server(self, held: _Held) -> None:
+        """Close ``held``; its place in the budget goes to the next caller."""
+        self._discard(held)
+        self._budget.give_back(None)
+
+    def _close_server(self) -> None:
+        for held in self._budget.drain():
+            self._discard(held)

@@ -90,6 +90,8 @@ class Store:
         clean_interval: float | None = 5400,
         clock: Callable[[], datetime] | None = None,
         durability: str = "normal",
+        max_connections: int = 10,
+        max_idle_connections: int | None = None,
     ) -> None:
         self._config = StoreConfig.create(
             table_name=table_name,
@@ -97,6 +99,8 @@ class Store:
             clean_interval=clean_interval,
             clock=clock,
             durability=durability,
+            max_connections=max_connections,
+            max_idle_connections=max_idle_connections,
         )
         if engine is not None and url is not None:
             raise InvalidInput("give either url or engine, not both")
@@ -141,8 +145,13 @@ class Store:
                 self._prepared = _Prepared(self._engine, self._config.table_name)
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._url} is unavailable", exc) from exc
+            config = self._config
             self._executor = Executor(
-                self._engine, durability=self._config.durability, describe=self._url
+                self._engine,
+                durability=config.durability,
+                describe=self._url,
+                max_connections=config.max_connections,
+                max_idle_connections=config.max_idle_connections,
             )
             if self._config.clean_interval is not None:
                 self._cleaner = Cleaner(

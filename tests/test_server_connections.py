@@ -1,0 +1,227 @@
+"""The store's PostgreSQL connections: lent longest waiter first, a budget kept.
+
+Calls are made slow for real, by a row lock held by another server session.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _support import admin, tagged_url, wait_for
+from conftest import Backend, make_backend
+
+from sauce_sql import InvalidInput, Store
+
+pytestmark = pytest.mark.postgresql
+
+WAIT = 30.0  # seconds; only reached when something is broken
+
+
+@pytest.fixture(params=["postgresql", "pgbouncer_transaction"])
+def busy_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """PostgreSQL directly and through PgBouncer in transaction mode."""
+    yield from make_backend(request.param, tmp_path)
+
+
+@pytest.fixture
+def direct(tmp_path: Path) -> Iterator[tuple[Backend, str, str]]:
+    """PostgreSQL itself, where each connection of the store is a server session."""
+    for backend in make_backend("postgresql", tmp_path):
+        url, name = tagged_url(backend.url, "sauce_budget")
+        yield backend, url, name
+
+
+@contextmanager
+def row_locked(url: str, table: str, session_id: str) -> Iterator[None]:
+    """Lock one session's row from another server session: a statement writing it
+    waits for the server until the block ends."""
+    with admin(url) as connection:
+        connection.execute("BEGIN")
+        connection.execute(
+            f'SELECT 1 FROM "{table}" WHERE session_id = %s FOR UPDATE', (session_id,)
+        )
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+
+
+def blocked(url: str, table: str) -> int:
+    """How many statements on ``table`` wait for a lock on the server."""
+    with admin(url) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE %s AND pid <> pg_backend_pid()",
+            (f"%{table}%",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def server_sessions(url: str, application_name: str) -> set[tuple[int, Any]]:
+    """The server sessions tagged ``application_name``: (pid, start time) each."""
+    with admin(url) as connection:
+        rows = connection.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchall()
+    return {(row[0], row[1]) for row in rows}
+
+
+# -- fair slots -----------------------------------------------------------------------
+
+
+def test_no_caller_starves_for_a_connection(busy_server: Backend) -> None:
+    """64 threads calling one store (10 connections) for 4 s: no call fails, every
+    thread is served again and again, and no call waits seconds for its turn."""
+    backend = busy_server
+    threads, seconds = 64, 4.0
+    with Store(backend.url, table_name=backend.table_name, clean_interval=None) as store:
+        sids = [store.new_session().session_id for _ in range(threads)]
+        worst = [0.0] * threads
+        calls = [0] * threads
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(threads)
+        stop = [0.0]
+
+        def work(n: int) -> None:
+            try:
+                barrier.wait(WAIT)
+                stop[0] = stop[0] or time.monotonic() + seconds
+                while time.monotonic() < stop[0]:
+                    began = time.monotonic()
+                    store.inc_sequence(sids[n], "view")
+                    worst[n] = max(worst[n], time.monotonic() - began)
+                    calls[n] += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(WAIT * 2)
+        assert errors == []
+        print(
+            f"FIGURES fairness {backend.name}: {sum(calls)} calls, fewest per thread "
+            f"{min(calls)}, worst call {max(worst):.3f} s"
+        )
+        assert min(calls) >= 5
+        assert max(worst) < 2.5
+        for n in (0, threads - 1):
+            session = store.lookup_session(sids[n])
+            assert session is not None
+            assert session.view_sequence == calls[n]
+
+
+# -- the connection budget ------------------------------------------------------------
+
+
+def burst(store: Store, backend: Backend, threads: int, holding: int) -> None:
+    """``threads`` threads increment one session at once, with the row locked until
+    ``holding`` of their statements wait on the server: all of the store's connections."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            store.inc_sequence("hot", "view")
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    with row_locked(backend.direct_url, backend.table_name, "hot"):
+        for worker in workers:
+            worker.start()
+        wait_for(
+            lambda: blocked(backend.direct_url, backend.table_name) >= holding,
+            WAIT,
+            f"{holding} statements in flight",
+        )
+    for worker in workers:
+        worker.join(WAIT)
+    assert errors == []
+
+
+def test_a_second_burst_opens_no_server_session(direct: tuple[Backend, str, str]) -> None:
+    """Two bursts of 16 threads, each using all of the store's connections (10 by
+    default): the second runs on the server sessions the first opened, none closed."""
+    backend, url, name = direct
+    with Store(url, table_name=backend.table_name, clean_interval=None) as store:
+        store.new_session("hot")
+        burst(store, backend, 16, holding=10)
+        first = server_sessions(backend.direct_url, name)
+        burst(store, backend, 16, holding=10)
+        second = server_sessions(backend.direct_url, name)
+        print(f"FIGURES bursts: {len(second - first)} new server sessions in the second")
+        assert second == first
+        session = store.lookup_session("hot")
+        assert session is not None
+        assert session.view_sequence == 32
+
+
+def test_max_connections_bounds_the_server_sessions(direct: tuple[Backend, str, str]) -> None:
+    """With max_connections=3, 8 threads at once use 3 server sessions, the others
+    waiting their turn; max_idle_connections=1 keeps one of them open afterwards."""
+    backend, url, name = direct
+    options: dict[str, Any] = {"max_connections": 3, "max_idle_connections": 1}
+    with Store(url, table_name=backend.table_name, clean_interval=None, **options) as store:
+        store.new_session("hot")
+        # Besides the store's own connections, its engine keeps the one start() used.
+        engine_sessions = len(server_sessions(backend.direct_url, name)) - 1
+        seen: list[int] = []
+
+        def count() -> bool:
+            seen.append(len(server_sessions(backend.direct_url, name)) - engine_sessions)
+            return blocked(backend.direct_url, backend.table_name) >= 3
+
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                store.inc_sequence("hot", "view")
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work) for _ in range(8)]
+        with row_locked(backend.direct_url, backend.table_name, "hot"):
+            for worker in workers:
+                worker.start()
+            wait_for(count, WAIT, "3 statements in flight")
+            time.sleep(0.2)  # room for a fourth connection, were one to be opened
+            count()
+        for worker in workers:
+            worker.join(WAIT)
+        assert errors == []
+        assert max(seen) == 3
+        assert len(server_sessions(backend.direct_url, name)) - engine_sessions == 1
+        session = store.lookup_session("hot")
+        assert session is not None
+        assert session.view_sequence == 8
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"max_connections": 0}, InvalidInput),
+        ({"max_connections": -3}, InvalidInput),
+        ({"max_connections": 2.0}, TypeError),
+        ({"max_connections": True}, TypeError),
+        ({"max_connections": "10"}, TypeError),
+        ({"max_idle_connections": -1}, InvalidInput),
+        ({"max_idle_connections": 11}, InvalidInput),
+        ({"max_idle_connections": 5, "max_connections": 4}, InvalidInput),
+        ({"max_idle_connections": 1.5}, TypeError),
+    ],
+)
+def test_bad_connection_options_are_refused(
+    postgres_url: str, options: dict[str, Any], error: type[Exception]
+) -> None:
+    """A bad connection budget is refused in the constructor, naming the option."""
+    with pytest.raises(error, match=next(iter(options))):
+        Store(postgres_url, **options)
