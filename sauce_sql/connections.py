@@ -59,6 +59,9 @@ Result = tuple[list[Sequence[Any]], int]
 MAX_IDLE = 8
 #: Seconds a call waits for one of the store's PostgreSQL connections when all are busy.
 SERVER_WAIT = 30.0
+#: How long closing a connection interrupted mid-call waits for the server to take
+#: the cancel request (the server answers at once; an unreachable one never does).
+CANCEL_WAIT = 1.0
 
 
 class _Forks:
@@ -432,12 +435,8 @@ class Executor:
         held = self._server_connection()
         try:
             result = self._execute(held, prepared, parameters)
-        except ConnectionLost:
-            self._epoch += 1
-            self._lose_server(held)
-            raise
-        except BaseException:
-            self._server_give_back(held)
+        except BaseException as exc:
+            self._after_server_failure(held, exc)
             raise
         self._server_give_back(held)
         return result
@@ -465,6 +464,7 @@ class Executor:
             raise
 
     def _server_give_back(self, held: _Held) -> None:
+        # A call that returned has read all its results, so the connection is idle.
         if self._closed or held.epoch < self._epoch:
             self._lose_server(held)
         else:
@@ -475,6 +475,33 @@ class Executor:
             # close() ran while this call was out, and may have drained the budget first.
             for idle in self._budget.drain():
                 self._discard(idle)
+
+    def _after_server_failure(self, held: _Held, exc: BaseException) -> None:
+        """Give ``held`` back or close it after its call raised ``exc``."""
+        if isinstance(exc, ConnectionLost):
+            self._epoch += 1
+            self._lose_server(held)
+            return
+        if self._is_idle(held):
+            self._server_give_back(held)
+            return
+        # Interrupted while the server works on the statement (by a signal handler's
+        # exception, say). Given back, the connection would fail its next call, and
+        # every call after it, with "another command is already in progress"; left
+        # running, the statement would keep its server process and locks busy.
+        try:
+            with contextlib.suppress(self._error):
+                held.connection.cancel_safe(timeout=CANCEL_WAIT)
+        finally:
+            self._lose_server(held)
+
+    @staticmethod
+    def _is_idle(held: _Held) -> bool:
+        """Whether the connection is open, in no transaction, and runs no statement."""
+        from psycopg.pq import TransactionStatus  # loaded: this is a psycopg connection
+
+        status = held.connection.info.transaction_status
+        return bool(status == TransactionStatus.IDLE)
 
     def _lose_server(self, held: _Held) -> None:
         """Close ``held``; its place in the budget goes to the next caller."""

@@ -1,10 +1,12 @@
-"""The store's PostgreSQL connections: lent longest waiter first, a budget kept.
+"""The store's PostgreSQL connections: a connection interrupted mid-call never given
+back busy, connections lent longest waiter first, a budget kept.
 
 Calls are made slow for real, by a row lock held by another server session.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,15 @@ from sauce_sql import InvalidInput, Store
 pytestmark = pytest.mark.postgresql
 
 WAIT = 30.0  # seconds; only reached when something is broken
+
+
+@pytest.fixture(params=["postgresql", "pgbouncer_transaction", "pgbouncer_statement"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, str, str]]:
+    """PostgreSQL, directly and through PgBouncer in transaction and statement mode: the
+    backend, a store URL tagged with its own application_name, and that name."""
+    for backend in make_backend(request.param, tmp_path):
+        url, name = tagged_url(backend.url, "sauce_server")
+        yield backend, url, name
 
 
 @pytest.fixture(params=["postgresql", "pgbouncer_transaction"])
@@ -72,6 +83,51 @@ def server_sessions(url: str, application_name: str) -> set[tuple[int, Any]]:
             (application_name,),
         ).fetchall()
     return {(row[0], row[1]) for row in rows}
+
+
+class RequestTimeout(Exception):
+    """What a web server's request timer raises from its SIGALRM handler."""
+
+
+@contextmanager
+def alarm(seconds: float, error: type[BaseException]) -> Iterator[None]:
+    """Raise ``error`` from a SIGALRM handler in the main thread after ``seconds``."""
+
+    def ring(_signum: int, _frame: object) -> None:
+        raise error("the request took too long")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# -- interrupted calls ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interrupt", [RequestTimeout, KeyboardInterrupt])
+def test_a_call_interrupted_by_a_signal_leaves_the_store_working(
+    server: tuple[Backend, str, str], interrupt: type[BaseException]
+) -> None:
+    """An exception raised by a signal handler while a call waits for the server ends
+    that call, the server stops running its statement, and the next calls work."""
+    backend, url, _ = server
+    table = backend.table_name
+    with Store(url, table_name=table, clean_interval=None) as store:
+        store.new_session("k")
+        with row_locked(backend.direct_url, table, "k"):
+            with pytest.raises(interrupt), alarm(0.3, interrupt):
+                store.inc_sequence("k", "view")
+            # A read needs no row lock: it runs at once, on a connection of its own.
+            assert store.lookup_session("k") is not None
+            wait_for(lambda: blocked(backend.direct_url, table) == 0, WAIT, "the cancel")
+        assert [store.inc_sequence("k", "event") for _ in range(3)] == [1, 2, 3]
+        session = store.lookup_session("k")
+        assert session is not None
+        assert session.view_sequence == 0  # cancelled while it waited for the lock
 
 
 # -- fair slots -----------------------------------------------------------------------
