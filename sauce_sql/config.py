@@ -10,9 +10,11 @@ from sauce_sql import validation
 from sauce_sql.engine import DURABILITY_MODES
 from sauce_sql.errors import InvalidInput
 
-__all__ = ["MAX_AGE_LIMIT", "StoreConfig"]
+__all__ = ["MAX_AGE_LIMIT", "TIMEOUT_LIMIT", "StoreConfig"]
 
 MAX_AGE_LIMIT = 100 * 365.25 * 24 * 3600
+#: The longest bound a call may have: a day.
+TIMEOUT_LIMIT = 24 * 3600.0
 
 
 def _count(value: object, what: str, *, least: int, most: int | None = None) -> int:
@@ -34,6 +36,7 @@ class StoreConfig:
     clean_interval: float | None
     clock: Callable[[], datetime] | None
     durability: str
+    timeout: float
     max_connections: int
     max_idle_connections: int
 
@@ -46,6 +49,7 @@ class StoreConfig:
         clean_interval: object,
         clock: object,
         durability: object,
+        timeout: object = 10.0,
         max_connections: object = 10,
         max_idle_connections: object = None,
     ) -> StoreConfig:
@@ -61,6 +65,9 @@ class StoreConfig:
                 f"session_max_age must be at most {MAX_AGE_LIMIT:.0f} s (100 years), "
                 f"got {max_age!r}"
             )
+        seconds = validation.positive_seconds(timeout, "timeout")
+        if seconds > TIMEOUT_LIMIT:
+            raise InvalidInput(f"timeout must be at most {TIMEOUT_LIMIT:.0f} s, got {seconds!r}")
         most = _count(max_connections, "max_connections", least=1)
         idle = (
             most
@@ -77,6 +84,7 @@ class StoreConfig:
             ),
             clock=clock,
             durability=str(durability),
+            timeout=seconds,
             max_connections=most,
             max_idle_connections=idle,
         )

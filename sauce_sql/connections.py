@@ -11,7 +11,8 @@ copies the write-ahead log into the database beside them
 readers and writers take turns on.
 PostgreSQL runs each call on a held connection in autocommit: one statement, one round
 trip, no separate BEGIN and COMMIT. A store holds at most ``max_connections`` of them,
-lent longest waiter first (:mod:`sauce_sql.budget`).
+lent longest waiter first (:mod:`sauce_sql.budget`), and each call has one deadline,
+kept by the store's watchdog thread (:mod:`sauce_sql.watchdog`).
 
 The store holds its connections itself rather than checking one out of the engine's
 pool per call: a checkout costs as much as a SQLite read. It takes them from the
@@ -33,6 +34,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +49,7 @@ from sauce_sql.errors import StoreUnavailable, unavailable
 from sauce_sql.floor import WriteFloor
 from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
+from sauce_sql.watchdog import Watchdog
 
 logger = logging.getLogger("sauce_sql.connections")
 
@@ -57,8 +60,6 @@ Result = tuple[list[Sequence[Any]], int]
 
 #: Idle SQLite reader connections kept beyond this many are closed when given back.
 MAX_IDLE = 8
-#: Seconds a call waits for one of the store's PostgreSQL connections when all are busy.
-SERVER_WAIT = 30.0
 #: How long closing a connection interrupted mid-call waits for the server to take
 #: the cancel request (the server answers at once; an unreachable one never does).
 CANCEL_WAIT = 1.0
@@ -111,6 +112,21 @@ class _Held:
         self.epoch = epoch
 
 
+class _ServerHeld(_Held):
+    """A PostgreSQL connection, with what the watchdog reads (see
+    :class:`sauce_sql.watchdog.Watched`)."""
+
+    __slots__ = ("deadline", "fd", "timed_out")
+
+    def __init__(self, connection: Any, epoch: int) -> None:
+        super().__init__(connection, epoch)
+        self.deadline = 0.0
+        self.timed_out = False
+        # The watchdog's own handle on the socket: it stays this socket's, whatever
+        # becomes of the driver's descriptor, until the executor closes it.
+        self.fd = os.dup(connection.fileno())
+
+
 class Executor:
     """Executes :class:`Prepared` statements for one store."""
 
@@ -120,6 +136,7 @@ class Executor:
         *,
         durability: str,
         describe: str,
+        timeout: float = 10.0,
         max_connections: int = 10,
         max_idle_connections: int | None = None,
     ) -> None:
@@ -133,6 +150,7 @@ class Executor:
         self._sqlite = engine.dialect.name == "sqlite"
         self._memory = self._sqlite and is_memory(engine.url)
         self._prepare_threshold = None if self._sqlite else prepare_threshold(engine.url)
+        self._timeout = timeout
         self._max_connections = max_connections
         self._keep_idle = max_connections if max_idle_connections is None else max_idle_connections
         self._closed = False
@@ -153,9 +171,10 @@ class Executor:
         self._lock = threading.Lock()
         # Held connections are detached from the engine's pool: without a budget, a
         # burst of threads would open as many server sessions.
-        self._budget: ConnectionBudget[_Held] = ConnectionBudget(
+        self._budget: ConnectionBudget[_ServerHeld] = ConnectionBudget(
             self._max_connections, self._keep_idle
         )
+        self._watchdog = Watchdog(timeout=self._timeout, name="sauce-sql-watchdog")
         self._group = GroupCommitter(self._writer_connection, self._run_on_writer, self._lock)
         self._floor = WriteFloor()
         self._writes = 0
@@ -297,8 +316,9 @@ class Executor:
         # Locks held by another thread at fork time would stay held in the child.
         self._fresh_state()
 
-    def _open(self) -> _Held:
-        """A new connection of the store's own, set up for its backend."""
+    def _open(self, deadline: float = 0.0) -> _Held:
+        """A new connection of the store's own, set up for its backend (on a server,
+        by ``deadline``)."""
         if self._closed:
             raise StoreUnavailable("the store's connections are closed")
         try:
@@ -328,12 +348,7 @@ class Executor:
                 dbapi.autocommit = True
                 # Whatever the engine says: see engine.prepare_threshold.
                 dbapi.prepare_threshold = self._prepare_threshold
-                # psycopg then hands timestamptz values back in the timezone.utc
-                # singleton, which the reader passes through as they are; in a named
-                # zone (even Etc/UTC) loading and converting each costs a microsecond.
-                # Every time the store sends is an aware datetime, so its results do
-                # not depend on the session's zone.
-                dbapi.execute("SET TIME ZONE 'UTC'")
+                return self._set_up_server(dbapi, deadline)
             held = _Held(dbapi, self._epoch)
         except self._error as exc:
             proxy.invalidate(exc)
@@ -432,52 +447,92 @@ class Executor:
     # -- PostgreSQL -----------------------------------------------------------------
 
     def _run_on_server(self, prepared: Prepared, parameters: Any) -> Result:
-        held = self._server_connection()
+        """One call on a server connection, which the watchdog ends at its deadline."""
+        began = time.monotonic()
+        deadline = began + self._timeout
+        held = self._server_connection(began, deadline)
+        held.deadline = deadline
         try:
             result = self._execute(held, prepared, parameters)
         except BaseException as exc:
+            held.deadline = 0.0
             self._after_server_failure(held, exc)
             raise
+        held.deadline = 0.0
         self._server_give_back(held)
         return result
 
-    def _server_connection(self) -> _Held:
-        """A connection of the budget's, waiting in line for one if need be."""
+    def _server_connection(self, began: float, deadline: float) -> _ServerHeld:
+        """A connection of the budget's, waiting in line for one until ``deadline``."""
         try:
-            held = self._budget.take(SERVER_WAIT)
+            held = self._budget.take(deadline - began)
         except BudgetSpent:
             raise StoreUnavailable(
                 f"all {self._max_connections} of the store's connections to "
-                f"{self._describe} stayed busy for {SERVER_WAIT:.0f} s; raise "
-                "max_connections, or call the store from fewer threads at once"
+                f"{self._describe} stayed busy for {time.monotonic() - began:.1f} s; raise "
+                "max_connections (or timeout), or call the store from fewer threads at once"
             ) from None
         if held is not None:
             if held.epoch == self._epoch:
                 return held
             # Opened before a connection was lost: presumed dead too. Its place in the
             # budget goes to a new one.
-            self._discard(held)
+            self._discard_server(held)
         try:
-            return self._open()
+            opened = self._open(deadline)
         except BaseException:
             self._budget.give_back(None)
             raise
+        assert isinstance(opened, _ServerHeld)
+        return opened
 
-    def _server_give_back(self, held: _Held) -> None:
+    def _set_up_server(self, dbapi: Any, deadline: float) -> _ServerHeld:
+        """Watch a new server connection and set its session up, by ``deadline``."""
+        try:
+            held = _ServerHeld(dbapi, self._epoch)
+        except OSError as exc:  # no descriptor left for the watchdog's handle
+            dbapi.close()
+            raise self._unavailable(exc) from exc
+        self._held.add(held)
+        self._watchdog.watch(held)
+        held.deadline = deadline or time.monotonic() + self._timeout
+        try:
+            # psycopg then hands timestamptz values back in the timezone.utc singleton,
+            # which the reader passes through as they are; in a named zone (even
+            # Etc/UTC) loading and converting each costs a microsecond. Every time the
+            # store sends is an aware datetime, so its results do not depend on the
+            # session's zone. (A SET that PgBouncer tracks for each client.)
+            held.cursor.execute("SET TIME ZONE 'UTC'")
+        except BaseException as exc:
+            held.deadline = 0.0
+            self._discard_server(held)
+            if held.timed_out and isinstance(exc, self._error):
+                raise self._too_slow() from exc
+            raise
+        held.deadline = 0.0
+        return held
+
+    def _server_give_back(self, held: _ServerHeld) -> None:
         # A call that returned has read all its results, so the connection is idle.
-        if self._closed or held.epoch < self._epoch:
+        if self._closed or held.epoch < self._epoch or held.timed_out:
             self._lose_server(held)
         else:
             surplus = self._budget.give_back(held)
             if surplus is not None:
-                self._discard(surplus)
+                self._discard_server(surplus)
         if self._closed:
             # close() ran while this call was out, and may have drained the budget first.
             for idle in self._budget.drain():
-                self._discard(idle)
+                self._discard_server(idle)
 
-    def _after_server_failure(self, held: _Held, exc: BaseException) -> None:
-        """Give ``held`` back or close it after its call raised ``exc``."""
+    def _after_server_failure(self, held: _ServerHeld, exc: BaseException) -> None:
+        """Give ``held`` back or close it after its call raised ``exc``; raises the
+        timeout's error instead if the watchdog ended the call."""
+        if held.timed_out:
+            self._lose_server(held)
+            if isinstance(exc, StoreUnavailable):
+                raise self._too_slow() from exc.__cause__
+            return
         if isinstance(exc, ConnectionLost):
             self._epoch += 1
             self._lose_server(held)
@@ -496,18 +551,33 @@ class Executor:
             self._lose_server(held)
 
     @staticmethod
-    def _is_idle(held: _Held) -> bool:
+    def _is_idle(held: _ServerHeld) -> bool:
         """Whether the connection is open, in no transaction, and runs no statement."""
         from psycopg.pq import TransactionStatus  # loaded: this is a psycopg connection
 
         status = held.connection.info.transaction_status
         return bool(status == TransactionStatus.IDLE)
 
-    def _lose_server(self, held: _Held) -> None:
+    def _lose_server(self, held: _ServerHeld) -> None:
         """Close ``held``; its place in the budget goes to the next caller."""
-        self._discard(held)
+        self._discard_server(held)
         self._budget.give_back(None)
+
+    def _discard_server(self, held: _ServerHeld) -> None:
+        # Forgotten first, so that the watchdog never shuts a reused descriptor down.
+        self._watchdog.forget(held)
+        with contextlib.suppress(OSError):
+            os.close(held.fd)
+        self._discard(held)
 
     def _close_server(self) -> None:
         for held in self._budget.drain():
-            self._discard(held)
+            self._discard_server(held)
+        # Calls still in flight keep their deadlines: the watchdog stops after them.
+        self._watchdog.stop()
+
+    def _too_slow(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"database {self._describe} did not answer within the store's timeout of "
+            f"{self._timeout:g} s; the call was abandoned and its connection closed"
+        )

@@ -90,6 +90,7 @@ class Store:
         clean_interval: float | None = 5400,
         clock: Callable[[], datetime] | None = None,
         durability: str = "normal",
+        timeout: float = 10.0,
         max_connections: int = 10,
         max_idle_connections: int | None = None,
     ) -> None:
@@ -99,6 +100,7 @@ class Store:
             clean_interval=clean_interval,
             clock=clock,
             durability=durability,
+            timeout=timeout,
             max_connections=max_connections,
             max_idle_connections=max_idle_connections,
         )
@@ -110,7 +112,9 @@ class Store:
             check_application_engine(engine)
             self._engine, self._owns_engine = engine, False
         else:
-            self._engine = create_store_engine(parse_url(url), durability=durability)
+            self._engine = create_store_engine(
+                parse_url(url), durability=durability, timeout=self._config.timeout
+            )
             self._owns_engine = True
         self._max_age = timedelta(seconds=self._config.session_max_age)
         self._clock = self._config.clock
@@ -150,6 +154,7 @@ class Store:
                 self._engine,
                 durability=config.durability,
                 describe=self._url,
+                timeout=config.timeout,
                 max_connections=config.max_connections,
                 max_idle_connections=config.max_idle_connections,
             )

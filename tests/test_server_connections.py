@@ -1,12 +1,15 @@
-"""The store's PostgreSQL connections: a connection interrupted mid-call never given
-back busy, connections lent longest waiter first, a budget kept.
+"""The store's PostgreSQL connections: every call bounded, a connection interrupted
+mid-call never given back busy, connections lent longest waiter first, a budget kept.
 
-Calls are made slow for real, by a row lock held by another server session.
+Calls are made slow for real: a row lock held by another server session, or the
+server processes serving the store stopped with SIGSTOP (and resumed with SIGCONT).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import admin, tagged_url, wait_for
+from _support import admin, backend_pids, tagged_url, wait_for
 from conftest import Backend, make_backend
 
-from sauce_sql import InvalidInput, Store
+from sauce_sql import InvalidInput, Store, StoreUnavailable
 
 pytestmark = pytest.mark.postgresql
 
@@ -105,6 +108,28 @@ def alarm(seconds: float, error: type[BaseException]) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextmanager
+def frozen(url: str, application_name: str) -> Iterator[list[int]]:
+    """Stop the server processes serving ``application_name`` (SIGSTOP), and resume
+    them on leaving, or after WAIT seconds should a call hang (the defect)."""
+    pids = backend_pids(url, application_name)
+    assert pids
+
+    def resume() -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    backstop = threading.Timer(WAIT, resume)
+    backstop.start()
+    try:
+        yield pids
+    finally:
+        backstop.cancel()
+        resume()
+
+
 # -- interrupted calls ----------------------------------------------------------------
 
 
@@ -128,6 +153,91 @@ def test_a_call_interrupted_by_a_signal_leaves_the_store_working(
         session = store.lookup_session("k")
         assert session is not None
         assert session.view_sequence == 0  # cancelled while it waited for the lock
+
+
+# -- a silent server ------------------------------------------------------------------
+
+
+def test_a_frozen_server_process_fails_the_call_within_the_timeout(
+    server: tuple[Backend, str, str],
+) -> None:
+    """A call whose server process stops answering (SIGSTOP) fails with StoreUnavailable
+    naming the timeout, within 3x the store's timeout; once the process resumes the
+    store works again."""
+    backend, url, name = server
+    timeout = 1.0
+    with Store(url, table_name=backend.table_name, clean_interval=None, timeout=timeout) as store:
+        store.new_session("k")
+        with frozen(backend.direct_url, name):
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="timeout of 1 s") as caught:
+                store.inc_sequence("k", "view")
+            took = time.monotonic() - began
+        assert caught.value.__cause__ is not None
+        assert took < 3 * timeout, took
+        print(f"FIGURES frozen {backend.name}: StoreUnavailable after {took:.2f} s")
+        assert [store.inc_sequence("k", "event") for _ in range(3)] == [1, 2, 3]
+        session = store.lookup_session("k")
+        assert session is not None
+        assert session.view_sequence in (0, 1)  # the abandoned write may have committed
+
+
+def test_connecting_to_a_silent_server_gives_up_within_a_shorter_timeout() -> None:
+    """A server that accepts the TCP connection and never answers fails start() within
+    3x a timeout shorter than the 5 s connect timeout (libpq waits 2 s at least)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
+        timeout = 1.0
+        store = Store(url, clean_interval=None, timeout=timeout)
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.start()
+        assert time.monotonic() - began < 3 * timeout
+        store.close()
+
+
+def test_frozen_readers_fail_within_the_timeout_too(direct: tuple[Backend, str, str]) -> None:
+    """Threads reading while their server processes are stopped each fail within 3x
+    the timeout (a read is not retried past it), and the store serves after."""
+    backend, url, name = direct
+    timeout = 1.0
+    with Store(url, table_name=backend.table_name, clean_interval=None, timeout=timeout) as store:
+        store.new_session("k")
+        outcomes: list[tuple[BaseException | None, float]] = []
+        barrier = threading.Barrier(4)
+
+        def read() -> None:
+            barrier.wait(WAIT)
+            began = time.monotonic()
+            try:
+                store.lookup_session("k")
+            except StoreUnavailable as exc:
+                outcomes.append((exc, time.monotonic() - began))
+            else:
+                outcomes.append((None, time.monotonic() - began))
+
+        # Four connections open and idle, then all stopped.
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        outcomes.clear()
+        with frozen(backend.direct_url, name):
+            threads = [threading.Thread(target=read) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT)
+        assert len(outcomes) == 4
+        for error, took in outcomes:
+            assert took < 3 * timeout, took
+            assert error is None or "timeout" in str(error)
+        assert any(error is not None for error, _ in outcomes)
+        assert store.lookup_session("k") is not None
 
 
 # -- fair slots -----------------------------------------------------------------------
@@ -264,6 +374,13 @@ def test_max_connections_bounds_the_server_sessions(direct: tuple[Backend, str, 
 @pytest.mark.parametrize(
     ("options", "error"),
     [
+        ({"timeout": 0}, InvalidInput),
+        ({"timeout": -1.0}, InvalidInput),
+        ({"timeout": float("nan")}, InvalidInput),
+        ({"timeout": float("inf")}, InvalidInput),
+        ({"timeout": 1e9}, InvalidInput),
+        ({"timeout": "10"}, TypeError),
+        ({"timeout": True}, TypeError),
         ({"max_connections": 0}, InvalidInput),
         ({"max_connections": -3}, InvalidInput),
         ({"max_connections": 2.0}, TypeError),
@@ -278,6 +395,7 @@ def test_max_connections_bounds_the_server_sessions(direct: tuple[Backend, str, 
 def test_bad_connection_options_are_refused(
     postgres_url: str, options: dict[str, Any], error: type[Exception]
 ) -> None:
-    """A bad connection budget is refused in the constructor, naming the option."""
+    """A bad timeout or connection budget is refused in the constructor, naming the
+    option."""
     with pytest.raises(error, match=next(iter(options))):
         Store(postgres_url, **options)
