@@ -11,9 +11,21 @@ from sauce_sql.engine import DURABILITY_MODES
 from sauce_sql.errors import InvalidInput
 from sauce_sql.redact import shown
 
-__all__ = ["MAX_AGE_LIMIT", "StoreConfig"]
+__all__ = ["MAX_AGE_LIMIT", "TIMEOUT_LIMIT", "StoreConfig"]
 
 MAX_AGE_LIMIT = 100 * 365.25 * 24 * 3600
+#: The longest bound a call may have: a day.
+TIMEOUT_LIMIT = 24 * 3600.0
+
+
+def _count(value: object, what: str, *, least: int, most: int | None = None) -> int:
+    """A whole number from ``least`` to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < least or (most is not None and value > most):
+        bounds = f"from {least} to {most}" if most is not None else f">= {least}"
+        raise InvalidInput(f"{what} must be {bounds}, got {value}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +37,9 @@ class StoreConfig:
     clean_interval: float | None
     clock: Callable[[], datetime] | None
     durability: str
+    timeout: float
+    max_connections: int
+    max_idle_connections: int
 
     @classmethod
     def create(
@@ -35,6 +50,9 @@ class StoreConfig:
         clean_interval: object,
         clock: object,
         durability: object,
+        timeout: object = 10.0,
+        max_connections: object = 10,
+        max_idle_connections: object = None,
     ) -> StoreConfig:
         """Check every option, raising InvalidInput or TypeError on the first bad one."""
         if clock is not None and not callable(clock):
@@ -48,6 +66,15 @@ class StoreConfig:
                 f"session_max_age must be at most {MAX_AGE_LIMIT:.0f} s (100 years), "
                 f"got {shown(max_age)}"
             )
+        seconds = validation.positive_seconds(timeout, "timeout")
+        if seconds > TIMEOUT_LIMIT:
+            raise InvalidInput(f"timeout must be at most {TIMEOUT_LIMIT:.0f} s, got {seconds!r}")
+        most = _count(max_connections, "max_connections", least=1)
+        idle = (
+            most
+            if max_idle_connections is None
+            else _count(max_idle_connections, "max_idle_connections", least=0, most=most)
+        )
         return cls(
             table_name=validation.table_name(table_name),
             session_max_age=max_age,
@@ -58,4 +85,7 @@ class StoreConfig:
             ),
             clock=clock,
             durability=str(durability),
+            timeout=seconds,
+            max_connections=most,
+            max_idle_connections=idle,
         )

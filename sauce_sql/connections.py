@@ -10,17 +10,19 @@ copies the write-ahead log into the database beside them
 (WAL) on connections of their own, and an in-memory database is one connection that
 readers and writers take turns on.
 PostgreSQL runs each call on a held connection in autocommit: one statement, one round
-trip, no separate BEGIN and COMMIT.
+trip, no separate BEGIN and COMMIT. A store holds at most ``max_connections`` of them,
+lent longest waiter first (:mod:`sauce_sql.budget`), and each call has one deadline,
+kept by the store's watchdog thread (:mod:`sauce_sql.watchdog`).
 
 The store holds its connections itself rather than checking one out of the engine's
 pool per call: a checkout costs as much as a SQLite read. It takes them from the
 engine's pool once and detaches them, so the engine's ``connect`` listeners still run
 and an application's pool is not drained. Idle ones wait on a free list (a plain
-list: ``append`` and ``pop`` are atomic), so the store holds about as many as there
-are threads calling it at once. The pool's own options (``pool_pre_ping``,
-``pool_recycle``) do not apply to them: a dead connection shows itself by failing a
-call, which is then retried once if it only read, and it is replaced together with
-every connection opened before it.
+list: ``append`` and ``pop`` are atomic; for PostgreSQL, the budget's), so the store
+holds about as many as there are threads calling it at once. The pool's own options
+(``pool_pre_ping``, ``pool_recycle``) do not apply to them: a dead connection shows
+itself by failing a call, which is then retried once if it only read, and it is
+replaced together with every connection opened before it.
 
 Every driver error leaves through :meth:`Executor._unavailable` as
 :class:`StoreUnavailable` with the cause chained, but for a value the database's
@@ -32,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from sauce_sql import forks
+from sauce_sql.budget import BudgetSpent, ConnectionBudget
 from sauce_sql.checkpoints import (
     BACKSTOP_FRAMES,
     CHECKPOINT_EVERY,
@@ -56,21 +58,20 @@ from sauce_sql.errors import StoreUnavailable, unavailable, unstorable
 from sauce_sql.floor import FloorTimeout, WriteFloor
 from sauce_sql.group_commit import GroupCommitter
 from sauce_sql.prepared import Prepared
+from sauce_sql.watchdog import Watchdog
 
 logger = logging.getLogger("sauce_sql.connections")
 
-__all__ = ["MAX_IDLE", "MAX_SERVER_CONNECTIONS", "ConnectionLost", "Executor", "Result"]
+__all__ = ["MAX_IDLE", "ConnectionLost", "Executor", "Result"]
 
 Result = tuple[list[Sequence[Any]], int]
 """The rows a statement returned and the number of rows it changed."""
 
-#: Idle connections kept beyond this many are closed when given back.
+#: Idle SQLite reader connections kept beyond this many are closed when given back.
 MAX_IDLE = 8
-#: PostgreSQL connections one store uses at once; further callers wait for one, up to
-#: SERVER_WAIT seconds. Held connections are detached from the engine's pool, so
-#: without this bound a burst of threads would open as many server sessions.
-MAX_SERVER_CONNECTIONS = 16
-SERVER_WAIT = 30.0
+#: How long closing a connection interrupted mid-call waits for the server to take
+#: the cancel request (the server answers at once; an unreachable one never does).
+CANCEL_WAIT = 1.0
 #: How far a SQLite connection's busy timeout may be from what is left of a call's time
 #: before it is set again (ms).
 _BUSY_SLACK_MS = 20
@@ -126,10 +127,34 @@ class _Held:
         self.epoch = epoch
 
 
+class _ServerHeld(_Held):
+    """A PostgreSQL connection, with what the watchdog reads (see
+    :class:`sauce_sql.watchdog.Watched`)."""
+
+    __slots__ = ("deadline", "fd", "timed_out")
+
+    def __init__(self, connection: Any, epoch: int) -> None:
+        super().__init__(connection, epoch)
+        self.deadline = 0.0
+        self.timed_out = False
+        # The watchdog's own handle on the socket: it stays this socket's, whatever
+        # becomes of the driver's descriptor, until the executor closes it.
+        self.fd = os.dup(connection.fileno())
+
+
 class Executor:
     """Executes :class:`Prepared` statements for one store."""
 
-    def __init__(self, engine: Engine, *, durability: str, describe: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        durability: str,
+        describe: str,
+        timeout: float = 10.0,
+        max_connections: int = 10,
+        max_idle_connections: int | None = None,
+    ) -> None:
         self.engine = engine
         self.dialect = engine.dialect
         self._error: type[Any] = engine.dialect.loaded_dbapi.Error
@@ -140,6 +165,9 @@ class Executor:
         self._sqlite = engine.dialect.name == "sqlite"
         self._memory = self._sqlite and is_memory(engine.url)
         self._prepare_threshold = None if self._sqlite else prepare_threshold(engine.url)
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._keep_idle = max_connections if max_idle_connections is None else max_idle_connections
         self._closed = False
         self._fresh_state()
         # Connections inherited over fork(): the parent still owns them, so the child
@@ -156,12 +184,12 @@ class Executor:
         self._memory_proxy: PoolProxiedConnection | None = None
         self._memory_isolation: str | None = ""
         self._lock = threading.Lock()
-        # One token per server connection a call may use. A SimpleQueue rather than a
-        # BoundedSemaphore: its get and put are C, where the semaphore's Condition costs
-        # about a microsecond per call, a few percent of a PostgreSQL read.
-        self._server_slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(MAX_SERVER_CONNECTIONS):
-            self._server_slots.put(None)
+        # Held connections are detached from the engine's pool: without a budget, a
+        # burst of threads would open as many server sessions.
+        self._budget: ConnectionBudget[_ServerHeld] = ConnectionBudget(
+            self._max_connections, self._keep_idle
+        )
+        self._watchdog = Watchdog(timeout=self._timeout, name="sauce-sql-watchdog")
         self._group = GroupCommitter(
             self._writer_connection,
             self._run_on_writer,
@@ -342,6 +370,8 @@ class Executor:
                     dbapi.isolation_level = self._memory_isolation
                 proxy.close()
         self._drain_idle()
+        if not self._sqlite:
+            self._close_server()
 
     # -- connections ----------------------------------------------------------------
 
@@ -355,8 +385,9 @@ class Executor:
         # Locks held by another thread at fork time would stay held in the child.
         self._fresh_state()
 
-    def _open(self) -> _Held:
-        """A new connection of the store's own, set up for its backend."""
+    def _open(self, deadline: float = 0.0) -> _Held:
+        """A new connection of the store's own, set up for its backend (on a server,
+        by ``deadline``)."""
         if self._closed:
             raise StoreUnavailable("the store's connections are closed")
         try:
@@ -389,12 +420,7 @@ class Executor:
                 dbapi.autocommit = True
                 # Whatever the engine says: see engine.prepare_threshold.
                 dbapi.prepare_threshold = self._prepare_threshold
-                # psycopg then hands timestamptz values back in the timezone.utc
-                # singleton, which the reader passes through as they are; in a named
-                # zone (even Etc/UTC) loading and converting each costs a microsecond.
-                # Every time the store sends is an aware datetime, so its results do
-                # not depend on the session's zone.
-                dbapi.execute("SET TIME ZONE 'UTC'")
+                return self._set_up_server(dbapi, deadline)
             held = _Held(dbapi, self._epoch)
         except self._error as exc:
             proxy.invalidate(exc)
@@ -470,18 +496,7 @@ class Executor:
     def _run_held(self, prepared: Prepared, parameters: Any) -> Result:
         if self._sqlite:
             return self._run_idle_or_new(prepared, parameters)
-        slots = self._server_slots
-        try:
-            slots.get(timeout=SERVER_WAIT)
-        except queue.Empty:
-            raise StoreUnavailable(
-                f"database {self._describe} is unavailable: all {MAX_SERVER_CONNECTIONS} "
-                f"connections of the store stayed busy for {SERVER_WAIT:.0f} s"
-            ) from None
-        try:
-            return self._run_idle_or_new(prepared, parameters)
-        finally:
-            slots.put(None)
+        return self._run_on_server(prepared, parameters)
 
     def _run_idle_or_new(self, prepared: Prepared, parameters: Any) -> Result:
         while True:
@@ -534,3 +549,141 @@ class Executor:
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return unavailable(f"database {self._describe} is unavailable", exc)
+
+    # -- PostgreSQL -----------------------------------------------------------------
+
+    def _run_on_server(self, prepared: Prepared, parameters: Any) -> Result:
+        """One call on a server connection, which the watchdog ends at its deadline."""
+        began = time.monotonic()
+        deadline = began + self._timeout
+        held = self._server_connection(began, deadline)
+        held.deadline = deadline
+        try:
+            result = self._execute(held, prepared, parameters)
+        except BaseException as exc:
+            held.deadline = 0.0
+            self._after_server_failure(held, exc)
+            raise
+        held.deadline = 0.0
+        self._server_give_back(held)
+        return result
+
+    def _server_connection(self, began: float, deadline: float) -> _ServerHeld:
+        """A connection of the budget's, waiting in line for one until ``deadline``."""
+        try:
+            held = self._budget.take(deadline - began)
+        except BudgetSpent:
+            raise StoreUnavailable(
+                f"all {self._max_connections} of the store's connections to "
+                f"{self._describe} stayed busy for {time.monotonic() - began:.1f} s; raise "
+                "max_connections (or timeout), or call the store from fewer threads at once"
+            ) from None
+        if held is not None:
+            if held.epoch == self._epoch:
+                return held
+            # Opened before a connection was lost: presumed dead too. Its place in the
+            # budget goes to a new one.
+            self._discard_server(held)
+        try:
+            opened = self._open(deadline)
+        except BaseException:
+            self._budget.give_back(None)
+            raise
+        assert isinstance(opened, _ServerHeld)
+        return opened
+
+    def _set_up_server(self, dbapi: Any, deadline: float) -> _ServerHeld:
+        """Watch a new server connection and set its session up, by ``deadline``."""
+        try:
+            held = _ServerHeld(dbapi, self._epoch)
+        except OSError as exc:  # no descriptor left for the watchdog's handle
+            dbapi.close()
+            raise self._unavailable(exc) from exc
+        self._held.add(held)
+        self._watchdog.watch(held)
+        held.deadline = deadline or time.monotonic() + self._timeout
+        try:
+            # psycopg then hands timestamptz values back in the timezone.utc singleton,
+            # which the reader passes through as they are; in a named zone (even
+            # Etc/UTC) loading and converting each costs a microsecond. Every time the
+            # store sends is an aware datetime, so its results do not depend on the
+            # session's zone. (A SET that PgBouncer tracks for each client.)
+            held.cursor.execute("SET TIME ZONE 'UTC'")
+        except BaseException as exc:
+            held.deadline = 0.0
+            self._discard_server(held)
+            if held.timed_out and isinstance(exc, self._error):
+                raise self._too_slow() from exc
+            raise
+        held.deadline = 0.0
+        return held
+
+    def _server_give_back(self, held: _ServerHeld) -> None:
+        # A call that returned has read all its results, so the connection is idle.
+        if self._closed or held.epoch < self._epoch or held.timed_out:
+            self._lose_server(held)
+        else:
+            surplus = self._budget.give_back(held)
+            if surplus is not None:
+                self._discard_server(surplus)
+        if self._closed:
+            # close() ran while this call was out, and may have drained the budget first.
+            for idle in self._budget.drain():
+                self._discard_server(idle)
+
+    def _after_server_failure(self, held: _ServerHeld, exc: BaseException) -> None:
+        """Give ``held`` back or close it after its call raised ``exc``; raises the
+        timeout's error instead if the watchdog ended the call."""
+        if held.timed_out:
+            self._lose_server(held)
+            if isinstance(exc, StoreUnavailable):
+                raise self._too_slow() from exc.__cause__
+            return
+        if isinstance(exc, ConnectionLost):
+            self._epoch += 1
+            self._lose_server(held)
+            return
+        if self._is_idle(held):
+            self._server_give_back(held)
+            return
+        # Interrupted while the server works on the statement (by a signal handler's
+        # exception, say). Given back, the connection would fail its next call, and
+        # every call after it, with "another command is already in progress"; left
+        # running, the statement would keep its server process and locks busy.
+        try:
+            with contextlib.suppress(self._error):
+                held.connection.cancel_safe(timeout=CANCEL_WAIT)
+        finally:
+            self._lose_server(held)
+
+    @staticmethod
+    def _is_idle(held: _ServerHeld) -> bool:
+        """Whether the connection is open, in no transaction, and runs no statement."""
+        from psycopg.pq import TransactionStatus  # loaded: this is a psycopg connection
+
+        status = held.connection.info.transaction_status
+        return bool(status == TransactionStatus.IDLE)
+
+    def _lose_server(self, held: _ServerHeld) -> None:
+        """Close ``held``; its place in the budget goes to the next caller."""
+        self._discard_server(held)
+        self._budget.give_back(None)
+
+    def _discard_server(self, held: _ServerHeld) -> None:
+        # Forgotten first, so that the watchdog never shuts a reused descriptor down.
+        self._watchdog.forget(held)
+        with contextlib.suppress(OSError):
+            os.close(held.fd)
+        self._discard(held)
+
+    def _close_server(self) -> None:
+        for held in self._budget.drain():
+            self._discard_server(held)
+        # Calls still in flight keep their deadlines: the watchdog stops after them.
+        self._watchdog.stop()
+
+    def _too_slow(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"database {self._describe} did not answer within the store's timeout of "
+            f"{self._timeout:g} s; the call was abandoned and its connection closed"
+        )

@@ -34,7 +34,8 @@ DURABILITY_MODES = {"normal": "NORMAL", "full": "FULL"}
 # How long a SQLite connection waits for another process's write lock before the call
 # fails with StoreUnavailable; within one process writers queue on the store's lock.
 BUSY_TIMEOUT_MS = 5000
-# An unreachable PostgreSQL server must fail a call within seconds, never hang it.
+# An unreachable PostgreSQL server must fail a call within seconds, never hang it
+# (within the store's timeout, if shorter, but libpq waits at least 2 s).
 CONNECT_TIMEOUT_S = 5
 # How much of a refused URL a message quotes.
 URL_SHOWN = 100
@@ -176,12 +177,12 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
-def create_store_engine(url: URL, *, durability: str) -> Engine:
+def create_store_engine(url: URL, *, durability: str, timeout: float = 10.0) -> Engine:
     """An engine the store owns, with each backend's needs applied."""
     try:
         if url.get_backend_name() == "sqlite":
             return _sqlite_engine(url, durability)
-        return _postgresql_engine(url)
+        return _postgresql_engine(url, timeout)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise InvalidInput(
             f"cannot use database URL {shown(safe_url(url), URL_SHOWN)}: {scrub(str(exc))}"
@@ -197,10 +198,11 @@ def create_store_engine(url: URL, *, durability: str) -> Engine:
         raise InvalidInput(f"{missing} ({exc})") from None
 
 
-def _postgresql_engine(url: URL) -> Engine:
+def _postgresql_engine(url: URL, timeout: float) -> Engine:
     connect_args: dict[str, Any] = {"prepare_threshold": prepare_threshold(url)}
     if "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        # Whole seconds: libpq's own unit.
+        connect_args["connect_timeout"] = max(2, min(CONNECT_TIMEOUT_S, int(timeout)))
     # Autocommit from the first statement on: behind a pooler in statement mode a
     # transaction is refused, and SQLAlchemy's first look at a new server (the
     # version, the hstore type) would otherwise open one. Migrations ask for their

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -35,15 +36,21 @@ def _file_key(engine: Engine, durability: str) -> tuple[str, str] | None:
     return os.path.realpath(url.database or ""), durability
 
 
-def acquire(engine: Engine, *, durability: str, describe: str, shareable: bool) -> Executor:
-    """The executor for a store on ``engine``: the file's shared one when ``shareable``."""
+def acquire(
+    engine: Engine, *, shareable: bool, durability: str, describe: str, **options: Any
+) -> Executor:
+    """The executor for a store on ``engine``: the file's shared one when ``shareable``.
+
+    ``options`` are the Executor's (PostgreSQL's, so a SQLite file's executor is the
+    same for every store on it whatever they say).
+    """
     key = _file_key(engine, durability) if shareable else None
     if key is None:
-        return Executor(engine, durability=durability, describe=describe)
+        return Executor(engine, durability=durability, describe=describe, **options)
     with _lock:
         executor = _shared.get(key)
         if executor is None:
-            executor = Executor(engine, durability=durability, describe=describe)
+            executor = Executor(engine, durability=durability, describe=describe, **options)
             _shared[key], _keys[executor], _users[executor] = executor, key, 0
         _users[executor] += 1
         return executor

@@ -89,6 +89,9 @@ class Store:
         clean_interval: float | None = 5400,
         clock: Callable[[], datetime] | None = None,
         durability: str = "normal",
+        timeout: float = 10.0,
+        max_connections: int = 10,
+        max_idle_connections: int | None = None,
     ) -> None:
         self._config = StoreConfig.create(
             table_name=table_name,
@@ -96,6 +99,9 @@ class Store:
             clean_interval=clean_interval,
             clock=clock,
             durability=durability,
+            timeout=timeout,
+            max_connections=max_connections,
+            max_idle_connections=max_idle_connections,
         )
         if engine is not None and url is not None:
             raise InvalidInput("give either url or engine, not both")
@@ -105,7 +111,9 @@ class Store:
             check_application_engine(engine)
             self._engine, self._owns_engine = engine, False
         else:
-            self._engine = create_store_engine(parse_url(url), durability=durability)
+            self._engine = create_store_engine(
+                parse_url(url), durability=durability, timeout=self._config.timeout
+            )
             self._owns_engine = True
         self._max_age = timedelta(seconds=self._config.session_max_age)
         self._clock = self._config.clock
@@ -143,11 +151,15 @@ class Store:
                 self._prepared = _Prepared(self._engine, self._config.table_name)
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._describe} is unavailable", exc) from exc
+            config = self._config
             self._executor = sharing.acquire(
                 self._engine,
-                durability=self._config.durability,
-                describe=self._describe,
                 shareable=self._owns_engine,
+                durability=config.durability,
+                describe=self._describe,
+                timeout=config.timeout,
+                max_connections=config.max_connections,
+                max_idle_connections=config.max_idle_connections,
             )
             if self._engine.dialect.name == "postgresql":
                 # One clock for every app server: the database server's (clocks.py).

@@ -1,0 +1,134 @@
+"""A store's budget of server connections, handed out longest waiter first.
+
+At most ``size`` connections are out or open at once, and up to ``keep_idle`` of them
+wait between calls, so that a burst of threads does not close and reopen server
+sessions. A caller that finds the budget spent queues; a connection given back goes
+straight to the longest waiter rather than to whichever thread asks next. Left to the
+operating system's lock, the threads that just gave one back kept winning it again,
+and with 32 threads some calls waited 30 s while the store served thousands a second.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Generic, TypeVar
+
+__all__ = ["BudgetSpent", "ConnectionBudget"]
+
+T = TypeVar("T")
+
+
+class BudgetSpent(Exception):
+    """No connection came free within the time a caller could wait."""
+
+
+class _Waiter(Generic[T]):
+    """One caller in line: it sleeps on its own lock until it is handed a connection."""
+
+    __slots__ = ("item", "served", "wake")
+
+    def __init__(self) -> None:
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.item: T | None = None
+        self.served = False
+
+
+class ConnectionBudget(Generic[T]):
+    """Connections of type ``T`` lent to one caller at a time, at most ``size`` at once.
+
+    :meth:`take` gives an idle connection, or None: the caller may open one, and gives
+    back None if it could not, or closed it. :meth:`give_back` hands a connection (or
+    that right) to the longest waiter, else keeps it idle, else returns it for closing.
+    """
+
+    def __init__(self, size: int, keep_idle: int) -> None:
+        self.size = size
+        self.keep_idle = keep_idle
+        self._lock = threading.Lock()
+        self._idle: list[T] = []
+        # Connections open or being opened, idle ones included.
+        self._counted = 0
+        self._line: deque[_Waiter[T]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """How many callers are waiting in line."""
+        return len(self._line)
+
+    def take(self, timeout: float) -> T | None:
+        """An idle connection or None (open one), waiting up to ``timeout`` seconds in
+        line for either; raises :class:`BudgetSpent` when none came free."""
+        with self._lock:
+            if self._idle:
+                # The most recently used one, whose server process is warm.
+                return self._idle.pop()
+            if self._counted < self.size:
+                self._counted += 1
+                return None
+            waiter: _Waiter[T] = _Waiter()
+            self._line.append(waiter)
+        try:
+            served = waiter.wake.acquire(timeout=max(timeout, 0.0))
+        except BaseException:
+            # Interrupted in line (a signal handler's exception): leave the line, and
+            # pass on whatever was handed over meanwhile.
+            if self._leave(waiter):
+                self._pass_on(waiter.item)
+            raise
+        if not served:
+            if self._leave(waiter):
+                # Served just as it gave up, with no time left to use it.
+                self._pass_on(waiter.item)
+            raise BudgetSpent
+        return waiter.item
+
+    def _leave(self, waiter: _Waiter[T]) -> bool:
+        """Take ``waiter`` out of the line; returns whether it was served first."""
+        with self._lock:
+            if not waiter.served:
+                self._line.remove(waiter)
+            return waiter.served
+
+    def _pass_on(self, item: T | None) -> None:
+        """Give back what an interrupted waiter was handed. The budget cannot close a
+        connection, so one that finds the idle list full is kept idle beyond it."""
+        with self._lock:
+            if not self._serve_next(item):
+                if item is None:
+                    self._counted -= 1
+                else:
+                    self._idle.append(item)
+
+    def give_back(self, item: T | None) -> T | None:
+        """Hand ``item`` (None: a connection closed or never opened) to the longest
+        waiter, or keep it idle; returns it when the caller must close it instead."""
+        with self._lock:
+            if self._line and self._serve_next(item):
+                return None
+            if item is None:
+                self._counted -= 1
+                return None
+            if len(self._idle) < self.keep_idle:
+                self._idle.append(item)
+                return None
+            self._counted -= 1
+            return item
+
+    def _serve_next(self, item: T | None) -> bool:
+        """Hand ``item`` to the longest waiter, if any (the lock is held)."""
+        if not self._line:
+            return False
+        waiter = self._line.popleft()
+        waiter.item = item
+        waiter.served = True
+        waiter.wake.release()
+        return True
+
+    def drain(self) -> list[T]:
+        """Take every idle connection out of the budget, for closing."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._counted -= len(idle)
+        return idle
