@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Protocol
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql.connections import Executor
 from sauce_sql.prepared import Prepared
@@ -20,6 +25,7 @@ __all__ = [
     "START_BATCH_ROWS",
     "Cleaner",
     "CleanupStatements",
+    "cleanup_round",
     "delete_expired",
 ]
 
@@ -46,6 +52,44 @@ class CleanupStatements(Protocol):
     delete_expired_batch: Prepared
     expired_bound: Prepared
     delete_expired_upto: Prepared
+
+
+@contextmanager
+def cleanup_round(engine: Engine, table_name: str) -> Iterator[bool]:
+    """Whether this process runs a cleanup round of ``table_name`` now.
+
+    On PostgreSQL the round holds a transaction-scoped advisory lock on a connection
+    of its own, so when many app servers run the cleaner one runs a round and the
+    others skip it at the cost of one query. A transaction-scoped lock, unlike a
+    session one, works through a pooler in transaction mode (the round's transaction
+    keeps its server connection). Where no transaction can be had (statement pooling)
+    every process cleans, which is safe, only wasted work. SQLite: always (the write
+    lock orders cleanups between processes).
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = zlib.crc32(f"sauce_sql:cleanup:{table_name}".encode())
+    try:
+        connection = engine.connect()
+    except SQLAlchemyError:
+        yield True  # the batches will report what is wrong with the server
+        return
+    with connection:
+        connection.execution_options(isolation_level="READ COMMITTED")
+        try:
+            transaction = connection.begin()
+            got = connection.execute(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}
+            ).scalar()
+        except SQLAlchemyError:
+            logger.debug("no lock for the cleanup round; cleaning anyway", exc_info=True)
+            yield True
+            return
+        try:
+            yield bool(got)
+        finally:
+            transaction.rollback()
 
 
 def delete_expired(

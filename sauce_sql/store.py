@@ -14,7 +14,7 @@ from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import sharing, statements, validation
-from sauce_sql.cleanup import Cleaner, delete_expired
+from sauce_sql.cleanup import Cleaner, cleanup_round, delete_expired
 from sauce_sql.clocks import ServerClock, utc_now
 from sauce_sql.config import StoreConfig
 from sauce_sql.connections import Executor
@@ -340,7 +340,18 @@ class Store:
             done[0] += deleted
 
         try:
-            deleted = delete_expired(executor, prepared, moment, count=count, stop=stop)
+            if stop is None:
+                # Called: it deletes every expired row, as promised.
+                deleted = delete_expired(executor, prepared, moment, count=count)
+            else:
+                # The background cleaner: when another app server's cleaner is in the
+                # middle of a round, this one skips its own.
+                with cleanup_round(self._engine, self._config.table_name) as ours:
+                    deleted = (
+                        delete_expired(executor, prepared, moment, count=count, stop=stop)
+                        if ours
+                        else 0
+                    )
         except BaseException:
             # The batches before the failing one did delete rows: count them.
             with self._cleanup_lock:
