@@ -3,9 +3,9 @@
 At most ``size`` connections are out or open at once, and up to ``keep_idle`` of them
 wait between calls, so that a burst of threads does not close and reopen server
 sessions. A caller that finds the budget spent queues; a connection given back goes
-straight to the longest waiter rather than to whichever thread asks next. Left to the
-operating system's lock, the threads that just gave one back kept winning it again,
-and with 32 threads some calls waited 30 s while the store served thousands a second.
+straight to the longest waiter rather than to whichever thread asks next: left to an
+operating system lock, the threads that just gave one back keep winning it again, and
+others starve.
 """
 
 from __future__ import annotations
