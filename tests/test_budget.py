@@ -116,3 +116,45 @@ def test_a_waiter_interrupted_in_line_leaves_it() -> None:
     budget.give_back("a")
     other.join(WAIT)
     assert got == ["a"]
+
+
+@pytest.mark.parametrize("keep_idle", [4, 2])
+def test_many_threads_never_hold_more_than_its_size(keep_idle: int) -> None:
+    """32 threads taking and giving back connections of a budget of 4 (opening one
+    when given None, closing what it returns): never more than 4 out at once, every
+    take served, and nothing lost or left counted once they stop."""
+    budget: ConnectionBudget[object] = ConnectionBudget(4, keep_idle=keep_idle)
+    guard = threading.Lock()
+    out = [0, 0]  # lent now, most ever
+    opened: list[object] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(500):
+                item = budget.take(WAIT)
+                if item is None:
+                    item = object()
+                    opened.append(item)
+                with guard:
+                    out[0] += 1
+                    out[1] = max(out[1], out[0])
+                time.sleep(0)  # let the others run while this one holds it
+                with guard:
+                    out[0] -= 1
+                budget.give_back(item)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    assert errors == []
+    assert out == [0, 4]
+    assert budget.waiting == 0
+    idle = budget.drain()
+    assert len(idle) <= keep_idle
+    assert budget._counted == 0
+    assert len(opened) >= 4

@@ -243,6 +243,7 @@ def test_frozen_readers_fail_within_the_timeout_too(direct: tuple[Backend, str, 
 # -- fair slots -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_caller_starves_for_a_connection(busy_server: Backend) -> None:
     """64 threads calling one store (10 connections) for 4 s: no call fails, every
     thread is served again and again, and no call waits seconds for its turn."""
