@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -151,3 +152,29 @@ def run_children(
                 child.join()
         results.close()
         results.join_thread()
+
+
+@contextmanager
+def alarm(seconds: float, error: type[BaseException]) -> Iterator[None]:
+    """Raise ``error`` from a SIGALRM handler in the main thread after ``seconds``, as
+    a request timer or Celery's soft time limit does."""
+
+    def ring(_signum: int, _frame: object) -> None:
+        raise error("the request took too long")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def table_names(url: str) -> set[str]:
+    """The tables of the database's default schema at ``url``."""
+    engine = sa.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

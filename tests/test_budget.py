@@ -3,14 +3,12 @@ a bounded wait, and a waiter interrupted in line leaving it."""
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
-from _support import wait_for
+from _support import alarm, wait_for
 
 from sauce_sql.budget import BudgetSpent, ConnectionBudget
 
@@ -19,22 +17,6 @@ WAIT = 10.0  # seconds; only reached when something is broken
 
 class Interrupted(Exception):
     """What the test's SIGALRM handler raises."""
-
-
-@contextmanager
-def alarm(seconds: float) -> Iterator[None]:
-    """Raise Interrupted in the main thread after ``seconds``."""
-
-    def ring(_signum: int, _frame: object) -> None:
-        raise Interrupted
-
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_lends_at_most_its_size_then_keeps_them_idle() -> None:
@@ -106,7 +88,7 @@ def test_a_waiter_interrupted_in_line_leaves_it() -> None:
     leaves the line, so the connection given back next goes to a waiter still there."""
     budget: ConnectionBudget[str] = ConnectionBudget(1, keep_idle=1)
     budget.take(0)
-    with pytest.raises(Interrupted), alarm(0.2):
+    with pytest.raises(Interrupted), alarm(0.2, Interrupted):
         budget.take(WAIT)
     assert budget.waiting == 0
     got: list[str | None] = []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from _support import table_names
 from conftest import Backend
 
 from sauce_sql import Store
@@ -109,15 +110,6 @@ def report_json(run: Run, backend: Backend) -> dict[str, object]:
     data = json.loads(ok(run("report", "--json", *target(backend))))
     assert isinstance(data, dict)
     return data
-
-
-def table_names(url: str) -> set[str]:
-    """The tables in the database at ``url``."""
-    engine = sa.create_engine(url)
-    try:
-        return set(sa.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def test_help(entry_point: list[str], tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from _support import table_names
 from conftest import Backend, drop_tables
 
 from sauce_sql import Store, StoreUnavailable
@@ -42,15 +43,6 @@ def execute(url: str, *statements: str) -> None:
         with engine.begin() as connection:
             for statement in statements:
                 connection.exec_driver_sql(statement)
-    finally:
-        engine.dispose()
-
-
-def table_names(url: str) -> set[str]:
-    """The tables of the database's default schema."""
-    engine = sa.create_engine(url)
-    try:
-        return set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
 

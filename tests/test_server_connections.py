@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import admin, backend_pids, tagged_url, wait_for
+from _support import admin, alarm, backend_pids, tagged_url, wait_for
 from conftest import Backend, make_backend
 
 from sauce_sql import InvalidInput, Store, StoreUnavailable
@@ -90,22 +90,6 @@ def server_sessions(url: str, application_name: str) -> set[tuple[int, Any]]:
 
 class RequestTimeout(Exception):
     """What a web server's request timer raises from its SIGALRM handler."""
-
-
-@contextmanager
-def alarm(seconds: float, error: type[BaseException]) -> Iterator[None]:
-    """Raise ``error`` from a SIGALRM handler in the main thread after ``seconds``."""
-
-    def ring(_signum: int, _frame: object) -> None:
-        raise error("the request took too long")
-
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @contextmanager
