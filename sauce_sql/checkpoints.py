@@ -46,7 +46,7 @@ RESTART_FRAMES = 4096
 #: A connection's own automatic checkpoint (pages), for when the thread falls behind.
 BACKSTOP_FRAMES = 16384
 #: The size (bytes) a log file is cut back to when it starts over.
-LOG_SIZE_LIMIT = 16 * 1024 * 1024
+LOG_SIZE_LIMIT = 64 * 1024 * 1024
 #: The writers are paused only once a pass found at most this many new pages...
 PAUSED_FRAMES = 512
 #: ...within this many passes of catching up (a cleanup writing fast may outrun them;
