@@ -107,7 +107,7 @@ def test_batch_size_follows_the_time_budget(
 ) -> None:
     """Batches start at the start size, at most double, stay in bounds, settle on the budget."""
     now = [0.0]
-    monkeypatch.setattr(cleanup.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr("sauce_sql.cleanup.time.perf_counter", lambda: now[0])
     executor = _FakeExecutor(500_000, seconds_per_row, now)
     statements = SimpleNamespace(delete_expired_batch=None, expired_bound=None)
     deleted = cleanup.delete_expired(executor, statements, None)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ deleted exactly once, and every acknowledged increment is stored.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -111,7 +112,7 @@ class Writers:
             i = n
             while not self.stop.is_set():
                 live = i % LIVE
-                self._timed(lambda k=live: self.store.inc_sequence(f"live-{k}", "view"))
+                self._timed(functools.partial(self.store.inc_sequence, f"live-{live}", "view"))
                 with self._lock:
                     self.acked[live] += 1
                     # Revivals race the cleanup, so they wait for it to begin.
@@ -119,7 +120,7 @@ class Writers:
                     sid = f"rev-{self._next_revival}"
                     self._next_revival += revive
                 if revive:
-                    self._timed(lambda s=sid: self.store.revive_session(ReviveSession(s)))
+                    self._timed(functools.partial(self.store.revive_session, ReviveSession(sid)))
                     with self._lock:
                         self.revived.append(sid)
                 i += WRITERS

@@ -26,7 +26,8 @@ def skewed_server(url: str, table: str, results: Any) -> None:  # pragma: no cov
     counts on the sessions another server serves."""
     import sauce_sql.store
 
-    sauce_sql.store.utc_now = lambda: datetime.now(timezone.utc) + SKEW
+    # The store's fallback clock, as a machine whose clock is wrong would have it.
+    setattr(sauce_sql.store, "utc_now", lambda: datetime.now(timezone.utc) + SKEW)  # noqa: B010
     with Store(url, table_name=table, clean_interval=None, session_max_age=300) as store:
         deleted = store.cleanup()
         try:

@@ -81,7 +81,8 @@ def counters(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[C
 @pytest.fixture(params=[("file", "normal"), ("memory", "normal"), ("file", "full")])
 def any_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Counters, Gate]]:
     """Counters as above, writers taking turns (normal) or sharing commits (full)."""
-    yield from _counters(*request.param, tmp_path)
+    kind, durability = request.param
+    yield from _counters(kind, durability, tmp_path)
 
 
 def _counters(kind: str, durability: str, tmp_path: Path) -> Iterator[tuple[Counters, Gate]]:

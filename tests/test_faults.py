@@ -242,9 +242,9 @@ def probe_as_other_user(url: str) -> dict[str, list[object]]:
     with os.fdopen(reader, "rb") as pipe:
         output = pipe.read()
     _, status = os.waitpid(pid, 0)
-    report: dict[str, list[object]] = json.loads(output)
-    assert os.waitstatus_to_exitcode(status) == 0, report
-    return report
+    result: dict[str, list[object]] = json.loads(output)
+    assert os.waitstatus_to_exitcode(status) == 0, result
+    return result
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import functools
 import random
 import threading
 import time
@@ -187,7 +188,7 @@ def test_interrupts_anywhere_never_strand_the_other_writers(floor: WriteFloor) -
                 while True:
                     floor.run(lambda: None)
             before = progress[0]
-            _wait_for(lambda before=before: progress[0] > before)  # the other goes on
+            _wait_for(functools.partial(lambda b: progress[0] > b, before))  # the other goes on
     finally:
         stop.set()
         for thread in threads:

@@ -10,6 +10,7 @@ values are data: they come back verbatim and the table stays intact.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -339,7 +340,7 @@ def test_client_ip_scope_with_control_characters(store: Store) -> None:
     """An IPv6 zone id holding NUL or another control character is refused, like such
     characters in ids (Python's ipaddress parses it; no database should get it)."""
     for ip in ["fe80::1%\x00", "fe80::1%eth0\x00", "fe80::1%\n", "fe80::1%\ud800"]:
-        assert_refused(store, lambda ip=ip: store.new_session("s", client_ip=ip), "client_ip")
+        assert_refused(store, functools.partial(store.new_session, "s", client_ip=ip), "client_ip")
 
 
 @pytest.mark.parametrize("ip", [3232235777, b"192.0.2.1", ["192.0.2.1"], 1.5], ids=repr)
@@ -350,7 +351,8 @@ def test_client_ips_of_wrong_type(store: Store, ip: Any) -> None:
 
 def test_client_ip_objects(store: Store) -> None:
     """ipaddress objects are taken and stored in canonical form."""
-    session = store.new_session("s", client_ip=ipaddress.ip_address("2001:db8::0:1"))
+    address = ipaddress.ip_address("2001:db8::0:1")
+    session = store.new_session("s", client_ip=address)  # type: ignore[arg-type]
     assert session.client_ip == "2001:db8::1"
 
 
@@ -549,9 +551,12 @@ def test_clean_interval_fuzzed(interval: float) -> None:
 
 def test_other_bad_options(tmp_path: Path) -> None:
     """Bad durability, clock and engine options are refused in the constructor."""
-    for durability in ["fast", "NORMAL", "", None, 1]:
-        assert_refused(None, lambda d=durability: Store("sqlite://", durability=d), "durability")
-    assert_refused(None, lambda: Store("sqlite://", clock="now"), "clock", TypeError)
+    durabilities: list[Any] = ["fast", "NORMAL", "", None, 1]
+    for durability in durabilities:
+        assert_refused(
+            None, functools.partial(Store, "sqlite://", durability=durability), "durability"
+        )
+    assert_refused(None, lambda: Store("sqlite://", clock="now"), "clock", TypeError)  # type: ignore[arg-type]
     assert_refused(None, lambda: Store(engine="sqlite://"), "engine", TypeError)  # type: ignore[arg-type]
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'e.db'}")
     try:

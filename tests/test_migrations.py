@@ -533,7 +533,7 @@ def check_timestamptz(engine: sa.Engine, backend_table: str, clock: FakeClock) -
     """Migrate, write a session at the clock's time and read its times back as timestamptz."""
     migrate.upgrade(engine, backend_table)
     with engine.connect() as connection:
-        types = dict(
+        types: dict[str, str] = dict(
             connection.execute(
                 sa.text(
                     "SELECT column_name, data_type FROM information_schema.columns"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_revive_defaults() -> None:
     assert ReviveSession.from_dict({"session_id": "sid"}) == revive
 
 
-MALFORMED_REVIVE_DICTS = {
+MALFORMED_REVIVE_DICTS: dict[str, Any] = {
     "None": None,
     "a str": "sid",
     "a list": [("session_id", "sid")],
