@@ -149,7 +149,10 @@ def _owned_revision(connection: Connection, table_name: str, known: set[str]) ->
             "sauce_sql does not know: a newer sauce_sql migrated it; upgrade sauce_sql to "
             "use it, or give the store another table_name"
         )
-    if not present:
+    # Not there a moment ago, but its revision is: another process's migration may have
+    # committed between the two reads (each its own snapshot, in autocommit). A fresh
+    # look tells that from a table dropped by hand.
+    if not present and not inspect(connection).has_table(table_name):
         raise SchemaConflict(
             f"table {table_name!r} does not exist, yet {versions!r} says it is at revision "
             f"{shown(revision)}: it was dropped by hand; drop {versions!r} too (the store "
