@@ -21,9 +21,7 @@ this thread cannot keep up.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from collections.abc import Callable
 
 __all__ = [
@@ -58,28 +56,6 @@ Outcome = tuple[int, int, int] | None
 the checkpoint could not run (the database is unavailable)."""
 
 
-_live: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
-
-
-_held_over_fork: list[threading.Lock] = []
-
-
-def _before_fork() -> None:
-    # A checkpoint thread inside SQLite at fork time may hold SQLite's own locks (the
-    # VFS's, the allocator's) in the child forever: wait for those under way to end.
-    for checkpointer in list(_live):
-        checkpointer.running.acquire()
-        _held_over_fork.append(checkpointer.running)
-
-
-def _after_fork() -> None:
-    while _held_over_fork:
-        _held_over_fork.pop().release()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
-
-
 class Checkpointer:
     """A daemon thread that checkpoints when woken, until stopped.
 
@@ -97,11 +73,8 @@ class Checkpointer:
         self._paused = paused
         self._wake = threading.Event()
         self._stopped = False
-        #: Held while a checkpoint runs; a fork waits for it (see _before_fork).
-        self.running = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        _live.add(self)
 
     def wake(self) -> None:
         """Ask for a checkpoint soon."""
@@ -121,8 +94,8 @@ class Checkpointer:
                 return
             self._wake.clear()
             try:
-                with self.running:
-                    self._once()
+                # Its SQLite work is announced, so a fork waits for it (sauce_sql.forks).
+                self._once()
             except Exception:
                 # Best effort: the backstop keeps the log bounded; try again next time.
                 logger.exception("background checkpoint failed")
