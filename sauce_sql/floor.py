@@ -185,6 +185,10 @@ class WriteFloor:
                 if turn.granted:
                     return
                 self.idle_wakeups += 1
+                if not self._line or (self._line[0] is not turn and turn not in self._line):
+                    # Taken out of the line by a hand-over that an interrupt cut short
+                    # before it granted the floor: back to the front.
+                    self._line.appendleft(turn)
                 if self._line[0] is turn:
                     turn.head = True
                     if not self._writing:
