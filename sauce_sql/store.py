@@ -36,7 +36,7 @@ from sauce_sql.errors import (
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
 from sauce_sql.prepared import Prepared, row_reader
 from sauce_sql.redact import safe_url, shown
-from sauce_sql.schema import sessions_table
+from sauce_sql.schema import sessions_table, store_tables
 
 __all__ = ["Store"]
 
@@ -207,7 +207,7 @@ class Store:
         if is_memory(self._engine.url):
             # A private in-memory database is new at every start: nothing to migrate.
             metadata = MetaData()
-            sessions_table(self._config.table_name, metadata)
+            store_tables(self._config.table_name, metadata)
             metadata.create_all(self._engine)
         else:
             from sauce_sql import migrate
