@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +22,7 @@ __all__ = [
     "MAX_BATCH_ROWS",
     "MAX_FRUITLESS",
     "MIN_BATCH_ROWS",
+    "Batch",
     "START_BATCH_ROWS",
     "Cleaner",
     "CleanupStatements",
@@ -92,25 +93,34 @@ def cleanup_round(engine: Engine, table_name: str) -> Iterator[bool]:
             transaction.rollback()
 
 
+Batch = Callable[[Executor, Any, datetime, int], tuple[int, bool]]
+"""One cleanup batch: ``batch(executor, statements, now, rows) -> (removed, none_left)``."""
+
+
 def delete_expired(
     executor: Executor,
-    statements: CleanupStatements,
+    statements: Any,
     now: datetime,
     *,
     count: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    batch: Batch | None = None,
 ) -> int:
     """Delete every row expired at ``now``, batch by batch; return how many went.
 
     ``count`` is told each batch's deletions as they commit; ``stop``, once set, ends
     the cleanup between batches (so that closing a store need not wait for a backlog).
+    ``batch`` replaces the plain delete of one batch (archiving and history retention
+    run their own, :mod:`sauce_sql.history`): it removes at most ``rows`` rows and
+    says how many went and whether none are left.
 
     Each batch is sized from the last one's rate so that it takes about
     :data:`BATCH_SECONDS`: row counts alone would hold the lock for very different
     times on a fast disk and a slow one, a small table and a huge one.
     """
     budget = BATCH_SECONDS.get(executor.dialect.name, 0.02)
-    batch = _sqlite_batch if executor.dialect.name == "sqlite" else _batch
+    if batch is None:
+        batch = _sqlite_batch if executor.dialect.name == "sqlite" else _batch
     rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0, 0
     while True:
         started = time.perf_counter()

@@ -36,9 +36,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,12 +57,14 @@ from sauce_sql.engine import BUSY_TIMEOUT_MS, configure_sqlite, is_memory, prepa
 from sauce_sql.errors import StoreUnavailable, unavailable, unstorable
 from sauce_sql.floor import FloorTimeout, WriteFloor
 from sauce_sql.group_commit import GroupCommitter
+from sauce_sql.history_statements import SQLITE_MASK_FUNCTION
 from sauce_sql.prepared import Prepared
+from sauce_sql.privacy import mask_ip
 from sauce_sql.watchdog import Watchdog
 
 logger = logging.getLogger("sauce_sql.connections")
 
-__all__ = ["MAX_IDLE", "ConnectionLost", "Executor", "Result"]
+__all__ = ["MAX_IDLE", "ConnectionLost", "Executor", "Result", "Run"]
 
 Result = tuple[list[Sequence[Any]], int]
 """The rows a statement returned and the number of rows it changed."""
@@ -93,13 +95,19 @@ os.register_at_fork(after_in_child=_Forks.bump)
 class _Raw:
     """A fixed SQL text run as it is, in the shape of a :class:`Prepared`."""
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, *, returns_rows: bool = True) -> None:
         self.sql = sql
-        self.returns_rows = True
+        self.returns_rows = returns_rows
 
 
 _CHECKPOINT: Any = _Raw("PRAGMA wal_checkpoint(PASSIVE)")
 _SERVER_NOW: Any = _Raw("SELECT clock_timestamp()")
+_BEGIN: Any = _Raw("BEGIN IMMEDIATE", returns_rows=False)
+_COMMIT: Any = _Raw("COMMIT", returns_rows=False)
+
+T = TypeVar("T")
+Run = Callable[[Prepared, Mapping[str, Any]], "Result"]
+"""Runs one statement inside :meth:`Executor.transaction` and returns its result."""
 
 
 def _outcome(rows: list[Sequence[Any]]) -> Outcome:
@@ -242,6 +250,58 @@ class Executor:
                 self.checkpoint_soon()
             return result
         return self._run_held(prepared, parameters)
+
+    def transaction(self, body: Callable[[Run], T]) -> T:
+        """Run ``body(run)`` in one SQLite transaction on the write path; return its result.
+
+        ``body`` runs statements with ``run(prepared, values)``; they are committed
+        together when it returns, and rolled back if it (or any of them) raises, so a
+        crash at any moment leaves all or none of them. Like a write, the transaction
+        waits its turn on the floor (or, with ``durability="full"``, for the writer
+        between shared commits) and is never retried. SQLite only: PostgreSQL runs
+        each multi-statement operation as one statement.
+        """
+        if not self._sqlite:
+            raise ValueError(f"transaction() is for SQLite, not {self.dialect.name!r}")
+        if self._generation != _Forks.generation:
+            self._after_fork()
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        result: T
+        if self._shared_commits:
+            # The group committer's leader commits holding the same lock.
+            result = self._transaction_alone(body, deadline)
+        else:
+            try:
+                result = self._floor.run(self._transaction_alone, body, deadline, deadline=deadline)
+            except FloorTimeout:
+                raise self._locked() from None
+        self._writes += 1
+        if not self._writes % CHECKPOINT_EVERY:
+            self.checkpoint_soon()
+        return result
+
+    def _transaction_alone(self, body: Callable[[Run], T], deadline: float) -> T:
+        forks.inside()
+        try:
+            with self._lock:
+                connection = self._writer_connection()
+                self._bound_busy_wait(deadline)
+
+                def run(prepared: Prepared, values: Mapping[str, Any]) -> Result:
+                    return self._run_on_writer(connection, prepared, prepared.parameters(values))
+
+                self._run_on_writer(connection, _BEGIN, ())
+                try:
+                    result = body(run)
+                    self._run_on_writer(connection, _COMMIT, ())
+                except BaseException:
+                    if connection.in_transaction:
+                        with contextlib.suppress(self._error):
+                            connection.rollback()
+                    raise
+                return result
+        finally:
+            forks.outside()
 
     def read(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
         """Run a statement that only reads; retried once on a fresh connection if the
@@ -405,6 +465,8 @@ class Executor:
                 dbapi = proxy.dbapi_connection
             if self._sqlite:
                 configure_sqlite(dbapi, durability=self._durability, memory=self._memory)
+                # Archiving masks IPv6 addresses with it (history_statements).
+                dbapi.create_function(SQLITE_MASK_FUNCTION, 1, mask_ip, deterministic=True)
                 if not self._memory:
                     # The store's thread checkpoints (sauce_sql.checkpoints); the
                     # connection's own checkpoint only backs it up.

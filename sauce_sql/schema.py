@@ -180,8 +180,10 @@ def aggregates_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None =
 
 def store_tables(name: str, metadata: MetaData) -> tuple[Table, Table, Table]:
     """The live, history and aggregates tables of ``name``, in ``metadata``."""
-    return sessions_table(name, metadata), history_table(name, metadata), aggregates_table(
-        name, metadata
+    return (
+        sessions_table(name, metadata),
+        history_table(name, metadata),
+        aggregates_table(name, metadata),
     )
 
 

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
-from sauce_sql import sharing, statements, validation
+from sauce_sql import history, sharing, statements, validation
 from sauce_sql.cleanup import Cleaner, cleanup_round, delete_expired
 from sauce_sql.clocks import ServerClock, utc_now
-from sauce_sql.config import StoreConfig
+from sauce_sql.config import DEFAULT_HISTORY_MAX_AGE, StoreConfig
 from sauce_sql.connections import Executor
 from sauce_sql.engine import (
     URL_SHOWN,
@@ -92,6 +92,9 @@ class Store:
         timeout: float = 10.0,
         max_connections: int = 10,
         max_idle_connections: int | None = None,
+        keep_history: bool = True,
+        history_max_age: float | None = DEFAULT_HISTORY_MAX_AGE,
+        history_ip: str = "mask",
     ) -> None:
         self._config = StoreConfig.create(
             table_name=table_name,
@@ -102,6 +105,9 @@ class Store:
             timeout=timeout,
             max_connections=max_connections,
             max_idle_connections=max_idle_connections,
+            keep_history=keep_history,
+            history_max_age=history_max_age,
+            history_ip=history_ip,
         )
         if engine is not None and url is not None:
             raise InvalidInput("give either url or engine, not both")
@@ -124,6 +130,7 @@ class Store:
         self._lifecycle = threading.Lock()
         self._executor: Executor | None = None
         self._prepared: _Prepared | None = None
+        self._history: history.HistoryPrepared | None = None
         self._cleaner: Cleaner | None = None
         self._cleanup_lock = threading.Lock()
         self._last_cleanup_at: datetime | None = None
@@ -149,6 +156,9 @@ class Store:
             try:
                 self._create_schema()
                 self._prepared = _Prepared(self._engine, self._config.table_name)
+                self._history = history.HistoryPrepared(
+                    self._engine.dialect, self._config.table_name, self._config.history_ip
+                )
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._describe} is unavailable", exc) from exc
             config = self._config
@@ -300,11 +310,31 @@ class Store:
             raise SessionNotFound(sid)
 
     def revive_session(self, revive: ReviveSession) -> AnalyticsSession:
-        """Make the session live under the client's id, keeping any counters it had."""
+        """Make the session live under the client's id, keeping any counters it had.
+
+        With ``keep_history``, an id whose session cleanup archived gets that session
+        back (counters and created_at kept), as if no cleanup had run.
+        """
         values = self._revive_values(revive)
         executor, prepared = self._started()
-        rows, _ = executor.write(prepared.revive, values)
+        rows = self._revive(executor, prepared, values, only_if_expired=False)
         return self._session(prepared, rows[0])
+
+    def _revive(
+        self,
+        executor: Executor,
+        prepared: _Prepared,
+        values: dict[str, Any],
+        *,
+        only_if_expired: bool,
+    ) -> list[Any]:
+        if self._config.keep_history and self._history is not None:
+            return history.revive(
+                executor, self._history, prepared, values, only_if_expired=only_if_expired
+            )
+        statement = prepared.revive_if_expired if only_if_expired else prepared.revive
+        rows, _ = executor.write(statement, values)
+        return rows
 
     def maybe_revive_session(self, revive: ReviveSession) -> AnalyticsSession:
         """The live session unchanged if there is one, else ``revive_session(revive)``.
@@ -320,14 +350,20 @@ class Store:
             rows, _ = executor.read(prepared.select_live, values)
             if rows:
                 return self._session(prepared, rows[0])
-            rows, _ = executor.write(prepared.revive_if_expired, values)
+            rows = self._revive(executor, prepared, values, only_if_expired=True)
             if rows:
                 return self._session(prepared, rows[0])
         raise StoreUnavailable(f"session {shown(revive.session_id)} kept changing under revival")
 
     def cleanup(self, now: datetime | None = None) -> int:
-        """Delete every session expired at ``now`` (default: the clock's now), in
-        bounded batches; return how many were deleted."""
+        """Remove every session expired at ``now`` (default: the clock's now) from the
+        live table, in bounded batches; return how many left it.
+
+        With ``keep_history`` (the default) they move to ``<table>_history``, each batch
+        in one transaction; then history rows that expired more than
+        ``history_max_age`` before ``now`` are folded into ``<table>_aggregates`` and
+        deleted, in bounded batches too.
+        """
         moment = self._now() if now is None else validation.aware_utc(now, "now")
         return self._delete_expired(moment, stop=None)
 
@@ -339,19 +375,24 @@ class Store:
         def count(deleted: int) -> None:
             done[0] += deleted
 
+        def clean(stop: threading.Event | None) -> int:
+            config, archive = self._config, self._history
+            if not config.keep_history or archive is None:
+                return delete_expired(executor, prepared, moment, count=count, stop=stop)
+            moved = history.archive_expired(executor, archive, moment, count=count, stop=stop)
+            if config.history_max_age is not None and not (stop is not None and stop.is_set()):
+                history.retire_history(executor, archive, moment, config.history_max_age, stop=stop)
+            return moved
+
         try:
             if stop is None:
-                # Called: it deletes every expired row, as promised.
-                deleted = delete_expired(executor, prepared, moment, count=count)
+                # Called: it removes every expired row, as promised.
+                deleted = clean(None)
             else:
                 # The background cleaner: when another app server's cleaner is in the
                 # middle of a round, this one skips its own.
                 with cleanup_round(self._engine, self._config.table_name) as ours:
-                    deleted = (
-                        delete_expired(executor, prepared, moment, count=count, stop=stop)
-                        if ours
-                        else 0
-                    )
+                    deleted = clean(stop) if ours else 0
         except BaseException:
             # The batches before the failing one did delete rows: count them.
             with self._cleanup_lock:
@@ -362,6 +403,23 @@ class Store:
             self._last_cleanup_deleted = deleted
             self._total_cleaned += deleted
         return deleted
+
+    def forget_user(self, user_id: str) -> int:
+        """Delete every session of ``user_id``, live and archived (erasure, GDPR art.
+        17); return how many rows went. The aggregates hold no user and stay."""
+        uid = validation.user_id(user_id)
+        if uid is None:
+            raise TypeError("user_id must be a str, not NoneType")
+        return self._forget("user", uid)
+
+    def forget_session(self, session_id: str) -> int:
+        """Delete every row of ``session_id``, live and archived; return how many went."""
+        return self._forget("session", validation.session_id(session_id))
+
+    def _forget(self, what: str, value: str) -> int:
+        executor, _ = self._started()
+        assert self._history is not None
+        return history.forget(executor, self._history, what, value)
 
     def get_state(self) -> StoreState:
         """The store's configuration and what its cleanups did; works at any time."""

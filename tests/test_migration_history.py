@@ -58,7 +58,7 @@ def contents(engine: sa.Engine, table: str) -> list[tuple[object, ...]]:
     """Every row of ``table`` as read back, in key order."""
     with engine.connect() as connection:
         result = connection.exec_driver_sql(
-            f'SELECT session_id, user_agent, client_ip, user_id, view_sequence,'
+            f"SELECT session_id, user_agent, client_ip, user_id, view_sequence,"
             f' event_sequence, created_at, expires_at FROM "{table}" ORDER BY session_id'
         )
         return [tuple(row) for row in result]
@@ -96,9 +96,7 @@ def test_upgrade_a_populated_0001_table_in_place_and_back(
         assert (revived.view_sequence, revived.event_sequence) == (2, 2)
     live_after = contents(engine, table)
     archived = contents(engine, f"{table}_history")
-    assert len(live_after) + len(archived) == ROWS - sum(
-        1 for row in before if row[3] == "u1"
-    )
+    assert len(live_after) + len(archived) == ROWS - sum(1 for row in before if row[3] == "u1")
 
     migrate.downgrade(engine, table, "0001")
     assert migrate.current(engine, table) == "0001"
