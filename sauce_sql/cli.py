@@ -171,6 +171,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.history:
+        from sauce_sql.bench.history import format_history, run_history
+
+        rows = args.cleanup_rows or (20_000 if args.quick else 100_000)
+        results = run_history(
+            args.pg_url or None,
+            rows=rows,
+            runs=args.cleanup_runs or 3,
+            history_rows=100_000 if args.quick else 1_000_000,
+            directory=args.dir,
+        )
+        print(json.dumps(results, indent=2) if args.json else format_history(results))
+        return 0
     from sauce_sql.bench import main as run_bench
 
     return run_bench(args)
@@ -258,6 +271,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--quick", action="store_true", help="small sizes: a minute or two")
+    sub.add_argument(
+        "--history",
+        action="store_true",
+        help="only what history costs: archiving vs deleting, the report, forget_user",
+    )
     sub.add_argument("--dir", help="where its SQLite files go (default: a temporary dir)")
     for size in ("sessions", "rounds", "per-round", "cleanup-rows", "cleanup-runs"):
         sub.add_argument(f"--{size}", type=_positive_int, help=f"override the {size}")
