@@ -9,7 +9,7 @@ from datetime import datetime
 from sauce_sql import validation
 from sauce_sql.engine import DURABILITY_MODES
 from sauce_sql.errors import InvalidInput
-from sauce_sql.history_statements import HISTORY_IP_MODES
+from sauce_sql.history_sql import HISTORY_IP_MODES
 from sauce_sql.redact import shown
 
 __all__ = ["DEFAULT_HISTORY_MAX_AGE", "MAX_AGE_LIMIT", "TIMEOUT_LIMIT", "StoreConfig"]

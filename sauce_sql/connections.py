@@ -57,7 +57,7 @@ from sauce_sql.engine import BUSY_TIMEOUT_MS, configure_sqlite, is_memory, prepa
 from sauce_sql.errors import StoreUnavailable, unavailable, unstorable
 from sauce_sql.floor import FloorTimeout, WriteFloor
 from sauce_sql.group_commit import GroupCommitter
-from sauce_sql.history_statements import SQLITE_MASK_FUNCTION
+from sauce_sql.history_sql import SQLITE_MASK_FUNCTION
 from sauce_sql.prepared import Prepared
 from sauce_sql.privacy import mask_ip
 from sauce_sql.watchdog import Watchdog

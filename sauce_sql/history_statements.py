@@ -27,21 +27,26 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    case,
-    cast,
     delete,
     exists,
     func,
-    literal,
     literal_column,
-    null,
     or_,
     select,
     true,
-    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sauce_sql.history_sql import (
+    archive,
+    bound,
+    copy_columns,
+    count_revival,
+    fold_into,
+    folded,
+    row_upto,
+    uncopy,
+)
 from sauce_sql.schema import (
     UTCDateTime,
     aggregates_table,
@@ -49,19 +54,8 @@ from sauce_sql.schema import (
     sessions_table,
 )
 
-__all__ = [
-    "HISTORY_IP_MODES",
-    "SQLITE_MASK_FUNCTION",
-    "HistoryStatements",
-    "bucket_of",
-    "build_history",
-]
+__all__ = ["HistoryStatements", "build_history"]
 
-#: What archiving does with a client IP: keep it, mask it (IPv4 to /24, IPv6 to /48),
-#: or drop it.
-HISTORY_IP_MODES = ("mask", "drop", "keep")
-#: The SQL function the store registers on its SQLite connections to mask IPv6.
-SQLITE_MASK_FUNCTION = "sauce_sql_mask_ip"
 
 _now = bindparam("now", type_=UTCDateTime())
 _expires = bindparam("expires", type_=UTCDateTime())
@@ -144,118 +138,6 @@ class HistoryStatements:
     }
 
 
-def bucket_of(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """The start of the 15-minute UTC bucket holding a stored time, as stored times are."""
-    if dialect == "postgresql":
-        origin: ColumnElement[Any] = literal_column("TIMESTAMPTZ '2000-01-01 00:00:00+00'")
-        return func.date_bin(literal_column("INTERVAL '15 minutes'"), column, origin)
-    if dialect == "sqlite":
-        # Stored as UTC text 'YYYY-MM-DD HH:MM:SS.ffffff': keep the hour, round the minutes.
-        minute = cast(func.substr(column, 15, 2), BigInteger())
-        return func.printf(
-            literal("%s%02d:00.000000", String()),
-            func.substr(column, 1, 14),
-            minute - minute.op("%")(15),
-            type_=String(),
-        )
-    raise ValueError(f"unsupported dialect {dialect!r}")
-
-
-def _archived_ip(column: ColumnElement[Any], dialect: str, mode: str) -> ColumnElement[Any]:
-    """What history keeps of a client IP, in ``mode`` (see :data:`HISTORY_IP_MODES`)."""
-    if mode == "keep":
-        return column
-    if mode == "drop":
-        return null()
-    if mode != "mask":
-        raise ValueError(f"unsupported history IP mode {mode!r}")
-    if dialect == "postgresql":
-        # Stored addresses are canonical; a zone id ("fe80::1%eth0") is no inet.
-        address = cast(func.split_part(column, "%", 1), postgresql.INET())
-        return case(
-            (column.is_(None), null()),
-            (
-                func.family(address) == 4,
-                func.host(func.network(func.set_masklen(address, 24))),
-            ),
-            else_=func.host(func.network(func.set_masklen(address, 48))),
-        )
-    if dialect == "sqlite":
-        return case(
-            (column.is_(None), null()),
-            # Canonical IPv4: dropping the last number keeps the /24.
-            (func.instr(column, ":") == 0, func.rtrim(column, "0123456789").concat("0")),
-            else_=getattr(func, SQLITE_MASK_FUNCTION)(column),
-        )
-    raise ValueError(f"unsupported dialect {dialect!r}")
-
-
-def _row_upto(table: Table, dialect: str) -> ColumnElement[bool]:
-    """``(expires_at, session_id) <=`` a bound read from the table, as stored."""
-    at_type: Any = String() if dialect == "sqlite" else UTCDateTime()
-    bound = tuple_(bindparam("bound_at", type_=at_type), bindparam("bound_id", type_=String()))
-    return tuple_(table.c.expires_at, table.c.session_id) <= bound
-
-
-def _bound(table: Table, until: ColumnElement[Any]) -> Select[Any]:
-    """The (expires_at, session_id) of the ``batch``-th oldest row expired by ``until``."""
-    return (
-        select(table.c.expires_at, table.c.session_id)
-        .where(table.c.expires_at <= until)
-        .order_by(table.c.expires_at, table.c.session_id)
-        .limit(literal_column("1"))
-        .offset(_batch)
-    )
-
-
-def _copy(source: Any, live: Table, dialect: str, ip_mode: str) -> list[ColumnElement[Any]]:
-    """The live table's columns of ``source`` (a table or CTE), the IP as archived."""
-    return [
-        _archived_ip(source.c.client_ip, dialect, ip_mode)
-        if column.name == "client_ip"
-        else source.c[column.name]
-        for column in live.c
-    ]
-
-
-def _folded(history: Any, dialect: str) -> list[ColumnElement[Any]]:
-    """One aggregates row per bucket of ``history`` rows (a table or CTE)."""
-    return [
-        bucket_of(history.c.created_at, dialect).label("bucket_start"),
-        func.count().label("sessions"),
-        func.sum(history.c.view_sequence).label("views"),
-        func.sum(history.c.event_sequence).label("events"),
-        func.count(case((history.c.view_sequence <= 1, 1))).label("bounces"),
-        func.count(history.c.user_id).label("identified"),
-    ]
-
-
-_FOLDED = ("bucket_start", "sessions", "views", "events", "bounces", "identified")
-
-
-def _fold_into(aggregates: Table, dialect: str, rows: Select[Any]) -> Insert:
-    """Add per-bucket counts to the aggregates, bucket by bucket."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(aggregates).from_select(list(_FOLDED), rows)
-    return statement.on_conflict_do_update(
-        index_elements=[aggregates.c.bucket_start],
-        set_={name: aggregates.c[name] + statement.excluded[name] for name in _FOLDED[1:]},
-    )
-
-
-def _count_revival(aggregates: Table, dialect: str, rows: Any = None) -> Insert:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    bucket = bindparam("bucket", type_=UTCDateTime())
-    if rows is None:
-        statement = insert(aggregates).values(bucket_start=bucket, revived=literal_column("1"))
-    else:
-        statement = insert(aggregates).from_select(["bucket_start", "revived"], rows)
-    return statement.on_conflict_do_update(
-        index_elements=[aggregates.c.bucket_start],
-        set_={"revived": aggregates.c.revived + 1},
-    )
-
-
 def _pg_revive(
     live: Table, history: Table, aggregates: Table, *, only_if_expired: bool
 ) -> Select[Any]:
@@ -314,7 +196,7 @@ def _pg_revive(
         and_(~up.c.inserted, exists(select(old.c.expires_at).where(old.c.expires_at <= _now))),
     )
     bucket = bindparam("bucket", type_=UTCDateTime())
-    counted = _count_revival(
+    counted = count_revival(
         aggregates, "postgresql", select(bucket, literal_column("1")).where(revived)
     ).cte("counted")
     return select(*(up.c[c.name] for c in live.c)).add_cte(unarchived, counted)
@@ -338,37 +220,10 @@ def _pg_forget(live: Table, history: Table, condition: str) -> Select[Any]:
 def _pg_retire(history: Table, aggregates: Table, condition: ColumnElement[bool]) -> Select[Any]:
     """Fold history rows into aggregates and delete them, in one statement; their count."""
     gone = delete(history).where(condition).returning(*history.c).cte("gone")
-    folded = _fold_into(
-        aggregates, "postgresql", select(*_folded(gone, "postgresql")).group_by(literal_column("1"))
+    folding = fold_into(
+        aggregates, "postgresql", select(*folded(gone, "postgresql")).group_by(literal_column("1"))
     ).cte("folded")
-    return select(func.count()).select_from(gone).add_cte(folded)
-
-
-def _archive(history: Table, dialect: str, names: list[str], rows: Select[Any]) -> Insert:
-    """Copy ``rows`` into history.
-
-    Two sessions of one id that expire at the same microsecond (possible only with a
-    clock standing still, or a cleanup given a moment ahead) share a key: the one
-    archived later, the latest state of that id, replaces the other.
-    """
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(history).from_select(names, rows)
-    return statement.on_conflict_do_update(
-        index_elements=[history.c.expires_at, history.c.session_id],
-        set_={name: statement.excluded[name] for name in names if name not in _KEY},
-    )
-
-
-_KEY = ("expires_at", "session_id")
-
-
-def _uncopy(
-    live: Table, history: Table, kept: ColumnElement[bool], copied: ColumnElement[bool]
-) -> Delete:
-    """Delete the history copies of rows that are still live after their delete."""
-    key = tuple_(history.c.expires_at, history.c.session_id)
-    still_live = select(live.c.expires_at, live.c.session_id).where(kept)
-    return delete(history).where(copied, key.in_(still_live))
+    return select(func.count()).select_from(gone).add_cte(folding)
 
 
 def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStatements:
@@ -378,7 +233,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
     aggregates = aggregates_table(table_name)
     names = [c.name for c in live.c]
     expired = live.c.expires_at <= _now
-    retention_bound = _bound(history, _cutoff)
+    retention_bound = bound(history, _cutoff)
     if dialect == "postgresql":
         ctid: ColumnElement[Any] = literal_column("ctid")
         victims = select(ctid).where(expired).limit(_batch).scalar_subquery()
@@ -388,10 +243,12 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             .returning(*live.c)
             .cte("moved")
         )
-        archive = _archive(history, dialect, names, select(*_copy(moved, live, dialect, ip_mode)))
+        archiving = archive(
+            history, dialect, names, select(*copy_columns(moved, live, dialect, ip_mode))
+        )
         return HistoryStatements(
-            archive_batch=archive.add_cte(moved),
-            expired_bound=_bound(live, _now),
+            archive_batch=archiving.add_cte(moved),
+            expired_bound=bound(live, _now),
             archive_upto=None,
             delete_upto=None,
             archive_rest=None,
@@ -399,7 +256,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             uncopy_upto=None,
             uncopy_rest=None,
             retention_bound=retention_bound,
-            retire_upto=_pg_retire(history, aggregates, _row_upto(history, dialect)),
+            retire_upto=_pg_retire(history, aggregates, row_upto(history, dialect)),
             retire_rest=_pg_retire(history, aggregates, history.c.expires_at <= _cutoff),
             fold_upto=None,
             fold_rest=None,
@@ -420,8 +277,8 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         )
     if dialect != "sqlite":
         raise ValueError(f"unsupported dialect {dialect!r}")
-    upto = _row_upto(live, dialect)
-    history_upto = _row_upto(history, dialect)
+    upto = row_upto(live, dialect)
+    history_upto = row_upto(history, dialect)
     history_past = history.c.expires_at <= _cutoff
     latest = (
         select(
@@ -441,28 +298,31 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
     )
     newest = select(func.max(history.c.expires_at)).where(history.c.session_id == _sid)
 
-    def folded(condition: ColumnElement[bool]) -> Insert:
-        rows = select(*_folded(history, dialect)).where(condition).group_by(literal_column("1"))
-        return _fold_into(aggregates, dialect, rows)
+    def fold_where(condition: ColumnElement[bool]) -> Insert:
+        rows = select(*folded(history, dialect)).where(condition).group_by(literal_column("1"))
+        return fold_into(aggregates, dialect, rows)
 
     return HistoryStatements(
         archive_batch=None,
-        expired_bound=_bound(live, _now),
-        archive_upto=_archive(
-            history, dialect, names, select(*_copy(live, live, dialect, ip_mode)).where(upto)
+        expired_bound=bound(live, _now),
+        archive_upto=archive(
+            history, dialect, names, select(*copy_columns(live, live, dialect, ip_mode)).where(upto)
         ),
         delete_upto=delete(live).where(upto),
-        archive_rest=_archive(
-            history, dialect, names, select(*_copy(live, live, dialect, ip_mode)).where(expired)
+        archive_rest=archive(
+            history,
+            dialect,
+            names,
+            select(*copy_columns(live, live, dialect, ip_mode)).where(expired),
         ),
         delete_rest=delete(live).where(expired),
-        uncopy_upto=_uncopy(live, history, upto, _row_upto(history, dialect)),
-        uncopy_rest=_uncopy(live, history, expired, history.c.expires_at <= _now),
+        uncopy_upto=uncopy(live, history, upto, row_upto(history, dialect)),
+        uncopy_rest=uncopy(live, history, expired, history.c.expires_at <= _now),
         retention_bound=retention_bound,
         retire_upto=None,
         retire_rest=None,
-        fold_upto=folded(history_upto),
-        fold_rest=folded(history_past),
+        fold_upto=fold_where(history_upto),
+        fold_rest=fold_where(history_past),
         drop_upto=delete(history).where(history_upto),
         drop_rest=delete(history).where(history_past),
         revive=None,
@@ -472,7 +332,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         unarchive=delete(history).where(
             history.c.session_id == _sid, history.c.expires_at == newest.scalar_subquery()
         ),
-        count_revival=_count_revival(aggregates, dialect),
+        count_revival=count_revival(aggregates, dialect),
         forget_user=None,
         forget_session=None,
         delete_live_user=delete(live).where(live.c.user_id == _uid),

@@ -24,7 +24,7 @@ from sauce_sql import validation
 from sauce_sql.browsers import browser_family
 from sauce_sql.engine import snapshot
 from sauce_sql.errors import InvalidInput, StoreUnavailable, unavailable
-from sauce_sql.history_statements import bucket_of
+from sauce_sql.history_sql import bucket_of
 from sauce_sql.redact import shown
 from sauce_sql.schema import (
     aggregates_table,
