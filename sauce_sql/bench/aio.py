@@ -315,3 +315,61 @@ async def _asyncpg(dsn: str, result: dict[str, Any]) -> Any:
     connection = await asyncpg.connect(dsn)
     await connection.execute("SET TIME ZONE 'UTC'")
     return connection
+
+
+def async_targets(results: dict[str, Any]) -> list[tuple[str, float, float, str]]:
+    """The asyncio targets (issue 10) the run has figures for: (name, measured,
+    limit, unit), each to be at most its limit but for ops/s."""
+    found: list[tuple[str, float, float, str]] = []
+    lite = results.get("sqlite")
+    if lite:
+        for op, figures in lite["single"].items():
+            ratio = figures["async"]["median_us"] / figures["sync"]["median_us"]
+            found.append((f"asyncio sqlite {op} / Store (median)", ratio, 1.3, "x"))
+        stall = lite["lag_while_locked"]["worst_stall_ms"]
+        found.append(("asyncio sqlite loop stall, lock held 1 s elsewhere", stall, 2.0, "ms"))
+    pg = results.get("postgresql")
+    if pg:
+        for op, figures in pg["single"].items():
+            fastest = min(v["median_us"] for k, v in figures.items() if k != "async")
+            ratio = figures["async"]["median_us"] / fastest
+            found.append((f"asyncio postgresql {op} / fastest raw driver", ratio, 1.15, "x"))
+        tasks = pg["tasks_64"]
+        found.append(
+            (
+                "asyncio postgresql 64 tasks ops/s, at least a raw pool's",
+                tasks["store_ops_per_s"],
+                tasks["raw_pool_10_ops_per_s"],
+                "ops/s",
+            )
+        )
+    return found
+
+
+def async_lines(results: dict[str, Any]) -> list[str]:
+    """The asyncio figures as report lines."""
+    lines: list[str] = []
+    for part, title in (("sqlite", "SQLite WAL file"), ("postgresql", "PostgreSQL")):
+        figures = results.get(part)
+        if not figures:
+            continue
+        for what, why in figures["skipped"].items():
+            lines.append(f"skipped asyncio {part} {what}: {why}")
+        lines.append(f"asyncio, {title}, one task (median us):")
+        for op, contenders in figures["single"].items():
+            row = ", ".join(f"{name} {v['median_us']:.1f}" for name, v in contenders.items())
+            lines.append(f"  {op:<16} {row}")
+        if part == "sqlite":
+            locked = figures["lag_while_locked"]
+            lines.append(
+                f"  loop: worst stall {locked['worst_stall_ms']:.2f} ms while another process"
+                f" held the write lock and a write waited {locked['write_took_ms']:.0f} ms;"
+                f" {figures['lag_16_tasks_ms']:.1f} ms between ticks with 16 tasks writing flat out"
+            )
+        else:
+            tasks = figures["tasks_64"]
+            lines.append(
+                f"  64 tasks: store {tasks['store_ops_per_s']:.0f} ops/s,"
+                f" raw pool of 10 psycopg connections {tasks['raw_pool_10_ops_per_s']:.0f} ops/s"
+            )
+    return lines
