@@ -79,8 +79,8 @@ def parse_url(url: str | URL | None, *, asyncio: bool = False) -> URL:
         return parsed
     if driver == "asyncpg":
         raise InvalidInput(
-            "asyncpg is an asyncio driver: use AsyncStore for postgresql+asyncpg://, or "
-            "postgresql:// (psycopg) with Store"
+            "unsupported driver 'asyncpg' for Store: asyncpg is an asyncio driver, which "
+            f"AsyncStore runs (postgresql+asyncpg://); {_RUNS_ON}"
         )
     if driver not in _DRIVERS[backend]:
         raise InvalidInput(

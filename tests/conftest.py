@@ -231,6 +231,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
     only_sync = metafunc.definition.get_closest_marker("sync_only") is not None
     kinds = ["sync"] if only_sync else STORE_KINDS
+    # A test module may define its own backend fixture, with its own params.
+    definitions = metafunc._arg2fixturedefs.get("backend") or ()
+    if definitions and definitions[-1].params is not None:
+        names = [name for name in names if name != "backend"]
     if "backend" in names and "store_kind" in names:
         pairs = [
             pytest.param(backend.values[0], kind, marks=backend.marks)

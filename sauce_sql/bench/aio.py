@@ -236,10 +236,19 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
         dollar = _sql("bench_async", asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
         max_age = timedelta(seconds=MAX_AGE)
 
-        async with AsyncStore(url, table_name="bench_async", clean_interval=None) as store:
+        options: dict[str, Any] = {"table_name": "bench_async", "clean_interval": None}
+        # asyncpg as the store runs it by default (no statement cache: PgBouncer-safe),
+        # and with prepared statements, as a URL saying the pooler takes them asks.
+        on_asyncpg = AsyncStore(_asyncpg_url(url), **options)
+        prepared = AsyncStore(_asyncpg_url(url, prepare_threshold="0"), **options)
+        async with AsyncStore(url, **options) as store, on_asyncpg, prepared:
             contenders: dict[str, dict[str, Callable[[str], Any]]] = {
                 op: {"async": call} for op, call in _async_ops(store).items()
             }
+            for op, call in _async_ops(on_asyncpg).items():
+                contenders[op]["async_asyncpg"] = call
+            for op, call in _async_ops(prepared).items():
+                contenders[op]["async_asyncpg_prepared"] = call
             connection = await psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, prepare_threshold=None
             )
@@ -258,19 +267,21 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
 
             contenders["inc_sequence"]["psycopg"] = psycopg_inc
             contenders["lookup_session"]["psycopg"] = psycopg_lookup
-            asyncpg_connection = await _asyncpg(dsn, result)
-            if asyncpg_connection is not None:
-                dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
+            asyncpgs = [await _asyncpg(dsn, result, cache) for cache in (100, 0)]
+            dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
+            for name, raw in zip(("asyncpg", "asyncpg_uncached"), asyncpgs, strict=True):
+                if raw is None:
+                    continue
 
-                async def asyncpg_inc(sid: str) -> Any:
+                async def asyncpg_inc(sid: str, raw: Any = raw) -> Any:
                     now = datetime.now(_UTC)
-                    return await asyncpg_connection.fetchrow(dollar_inc, 1, now, now + max_age, sid)
+                    return await raw.fetchrow(dollar_inc, 1, now, now + max_age, sid)
 
-                async def asyncpg_lookup(sid: str) -> Any:
-                    return await asyncpg_connection.fetchrow(dollar_select, sid, datetime.now(_UTC))
+                async def asyncpg_lookup(sid: str, raw: Any = raw) -> Any:
+                    return await raw.fetchrow(dollar_select, sid, datetime.now(_UTC))
 
-                contenders["inc_sequence"]["asyncpg"] = asyncpg_inc
-                contenders["lookup_session"]["asyncpg"] = asyncpg_lookup
+                contenders["inc_sequence"][name] = asyncpg_inc
+                contenders["lookup_session"][name] = asyncpg_lookup
             try:
                 result["single"] = {
                     op: await _interleaved(c, ids, rounds=rounds, per_round=per_round)
@@ -278,8 +289,9 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
                 }
             finally:
                 await connection.close()
-                if asyncpg_connection is not None:
-                    await asyncpg_connection.close()
+                for raw in asyncpgs:
+                    if raw is not None:
+                        await raw.close()
             pool = [
                 await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None)
                 for _ in range(10)
@@ -306,13 +318,20 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
     return result
 
 
-async def _asyncpg(dsn: str, result: dict[str, Any]) -> Any:
+def _asyncpg_url(url: str, **query: str) -> str:
+    from sqlalchemy import make_url
+
+    parsed = make_url(url).set(drivername="postgresql+asyncpg").update_query_dict(query)
+    return parsed.render_as_string(hide_password=False)
+
+
+async def _asyncpg(dsn: str, result: dict[str, Any], cache: int) -> Any:
     try:
         import asyncpg
     except ImportError:
         result["skipped"]["asyncpg"] = "asyncpg is not installed (pip install asyncpg)"
         return None
-    connection = await asyncpg.connect(dsn)
+    connection = await asyncpg.connect(dsn, statement_cache_size=cache)
     await connection.execute("SET TIME ZONE 'UTC'")
     return connection
 
@@ -330,10 +349,17 @@ def async_targets(results: dict[str, Any]) -> list[tuple[str, float, float, str]
         found.append(("asyncio sqlite loop stall, lock held 1 s elsewhere", stall, 2.0, "ms"))
     pg = results.get("postgresql")
     if pg:
+        # Like against like: the store on each driver and setting against that raw driver.
+        pairs = {
+            "psycopg": ("async", "psycopg"),
+            "asyncpg, no statement cache": ("async_asyncpg", "asyncpg_uncached"),
+            "asyncpg, prepared statements": ("async_asyncpg_prepared", "asyncpg"),
+        }
         for op, figures in pg["single"].items():
-            fastest = min(v["median_us"] for k, v in figures.items() if k != "async")
-            ratio = figures["async"]["median_us"] / fastest
-            found.append((f"asyncio postgresql {op} / fastest raw driver", ratio, 1.15, "x"))
+            for label, (ours, raw) in pairs.items():
+                if ours in figures and raw in figures:
+                    ratio = figures[ours]["median_us"] / figures[raw]["median_us"]
+                    found.append((f"asyncio postgresql {op} / raw {label}", ratio, 1.15, "x"))
         tasks = pg["tasks_64"]
         found.append(
             (
