@@ -20,10 +20,10 @@ from sauce_sql.bench.report import format_report
 
 
 @pytest.mark.slow
-def test_bench_runs_every_part_at_tiny_sizes(tmp_path: Path) -> None:
-    """Every part runs; acknowledged increments are all stored; cleanups delete every
-    expired row they were given; the report and the JSON come out, without the
-    passwords of the URLs it was given."""
+def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
+    """The SQLite, PostgreSQL and memory parts run; acknowledged increments are all
+    stored; cleanups delete every expired row they were given; the report and the JSON
+    come out, without the passwords of the URLs it was given."""
     # Passwords the bench must not print (the test server trusts its clients), and a
     # Redis that is not there.
     with_password = sa.make_url(PG_URL).update_query_dict({"password": "SECRET1"})

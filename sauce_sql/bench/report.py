@@ -165,7 +165,8 @@ def _server_parts(results: dict[str, Any]) -> list[str]:
     if pooled:
         lines.append(
             f"PostgreSQL: {pooled['processes']} processes x {pooled['threads']} threads"
-            f" incrementing, {pooled['seconds']:g} s per round (ops/s; acked = stored?)"
+            f" incrementing, {pooled['seconds']:g} s slices in alternating order"
+            " (ops/s; every acknowledged increment stored?)"
         )
         for name, done in pooled["rounds"].items():
             runs = ", ".join(
@@ -177,7 +178,7 @@ def _server_parts(results: dict[str, Any]) -> list[str]:
         ratios = ", ".join(f"{x:.2f}" for x in pooled["round_ratios"])
         lines.append(
             f"  through PgBouncer / direct: {pooled['ratio']:.2f}x of median ops/s;"
-            f" round by round {ratios}"
+            f" pair by pair {ratios}"
         )
         first = next(
             (r["first_error"] for d in pooled["rounds"].values() for r in d if r["first_error"]),
