@@ -1,9 +1,9 @@
-"""A PgBouncer of the bench's own, in front of the PostgreSQL it measures.
+"""A PgBouncer of one's own in front of a PostgreSQL: the bench's, and the tests'.
 
 Started from the installed ``pgbouncer`` program (Debian: ``apt-get install
-pgbouncer``) on a free loopback port, with its files in a temporary folder, and
-stopped when the ``with`` block ends. PgBouncer refuses to run as root, so a bench run
-by root starts it as the ``postgres`` user.
+pgbouncer``) on a free loopback port, with its files in a temporary folder that goes
+when it is stopped. PgBouncer refuses to run as root, so when root starts it, it runs
+as the ``postgres`` user.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from pathlib import Path
 
 from sqlalchemy import URL, make_url
 
-__all__ = ["PgBouncerMissing", "pgbouncer_binary", "running_pgbouncer"]
+__all__ = [
+    "PgBouncer",
+    "PgBouncerMissing",
+    "pgbouncer_binary",
+    "running_pgbouncer",
+    "start_pgbouncer",
+]
 
 #: How long PgBouncer may take to answer after it is started.
 START_TIMEOUT = 15.0
@@ -76,10 +82,29 @@ def _answers(url: URL) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def running_pgbouncer(target_url: str, *, mode: str, pool_size: int) -> Iterator[str]:
+class PgBouncer:
+    """A PgBouncer started by :func:`start_pgbouncer`: its URL, and how to stop it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], folder: Path, url: str) -> None:
+        self._process, self._folder = process, folder
+        #: ``target_url`` with PgBouncer's host and port.
+        self.url = url
+
+    def stop(self) -> None:
+        """End the PgBouncer and remove its files. Idempotent."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def start_pgbouncer(target_url: str, *, mode: str, pool_size: int) -> PgBouncer:
     """A PgBouncer in ``mode`` pooling at most ``pool_size`` server connections to
-    ``target_url``'s database; yields its URL (``target_url`` with its host and port).
+    ``target_url``'s database, answering by the time this returns.
 
     Raises :class:`PgBouncerMissing` when the program is not installed or does not
     start in time.
@@ -88,36 +113,37 @@ def running_pgbouncer(target_url: str, *, mode: str, pool_size: int) -> Iterator
     if binary is None:
         raise PgBouncerMissing("PgBouncer is not installed (Debian: apt-get install pgbouncer)")
     target = make_url(target_url)
-    folder = Path(tempfile.mkdtemp(prefix="sauce-sql-bench-pgbouncer-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"sauce-sql-pgbouncer-{mode}-"))
+    port = _free_port()
+    ini = _ini(target, mode=mode, pool_size=pool_size, port=port, folder=folder)
+    command = [binary, str(ini)]
+    if os.geteuid() == 0:
+        folder.chmod(0o700)
+        for path in (folder, *folder.iterdir()):
+            shutil.chown(path, "postgres")
+        command = [binary, "-u", "postgres", str(ini)]
+    # Its log goes to its logfile; an unread stderr pipe could fill and freeze it.
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = target.set(host="127.0.0.1", port=port)
+    bouncer = PgBouncer(process, folder, url.render_as_string(hide_password=False))
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            log = folder / "pgbouncer.log"
+            tail = log.read_text()[-300:] if log.exists() else "no log"
+            bouncer.stop()
+            raise PgBouncerMissing(f"PgBouncer ({mode}) did not start: {' '.join(tail.split())}")
+        time.sleep(0.1)
+    return bouncer
+
+
+@contextlib.contextmanager
+def running_pgbouncer(target_url: str, *, mode: str, pool_size: int) -> Iterator[str]:
+    """:func:`start_pgbouncer` for a ``with`` block: yields its URL, stops it after."""
+    bouncer = start_pgbouncer(target_url, mode=mode, pool_size=pool_size)
     try:
-        port = _free_port()
-        ini = _ini(target, mode=mode, pool_size=pool_size, port=port, folder=folder)
-        command = [binary, str(ini)]
-        if os.geteuid() == 0:
-            folder.chmod(0o700)
-            for path in (folder, *folder.iterdir()):
-                shutil.chown(path, "postgres")
-            command = [binary, "-u", "postgres", str(ini)]
-        # Its log goes to its logfile; an unread stderr pipe could fill and freeze it.
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        try:
-            url = target.set(host="127.0.0.1", port=port)
-            deadline = time.monotonic() + START_TIMEOUT
-            while not _answers(url):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log = folder / "pgbouncer.log"
-                    tail = log.read_text()[-300:] if log.exists() else "no log"
-                    raise PgBouncerMissing(f"PgBouncer did not start: {' '.join(tail.split())}")
-                time.sleep(0.1)
-            yield url.render_as_string(hide_password=False)
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        yield bouncer.url
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        bouncer.stop()
