@@ -207,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         type=_bench_parts,
         help="run only these parts, comma-separated: sqlite, postgresql, lean-expiry,"
-        " pgbouncer, memory",
+        " pgbouncer, asyncio, memory",
     )
     sub.set_defaults(run=cmd_bench)
     return parser

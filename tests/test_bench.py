@@ -21,8 +21,8 @@ from sauce_sql.bench.report import format_report
 
 @pytest.mark.slow
 def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
-    """The SQLite, PostgreSQL and memory parts run; acknowledged increments are all
-    stored; cleanups delete every expired row they were given; the report and the JSON
+    """The SQLite, PostgreSQL, asyncio and memory parts run; acknowledged increments are
+    all stored; cleanups delete every expired row they were given; the report and the JSON
     come out, without the passwords of the URLs it was given."""
     # Passwords the bench must not print (the test server trusts its clients), and a
     # Redis that is not there.
@@ -40,7 +40,7 @@ def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
         cleanup_runs=2,
         memory_sessions=(1000, 3000),
         # The server load parts have a test of their own, below.
-        parts=("sqlite", "postgresql", "memory"),
+        parts=("sqlite", "postgresql", "asyncio", "memory"),
     )
     results = run(options)
     lite = results["sqlite"]
@@ -61,7 +61,14 @@ def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
     assert "redis" in results["skipped"]
     assert results["targets"]
     report = format_report(results)
-    assert "Targets (issues 3 and 9)" in report
+    assert "Targets (issues 3, 9 and 10)" in report
+    asyncio = results["asyncio"]
+    for backend in ("sqlite", "postgresql") if pg else ("sqlite",):
+        contenders = asyncio[backend]["single"]["inc_sequence"]
+        assert "async" in contenders
+        assert len(contenders) >= 3  # the store and at least two to compare with
+        assert f"asyncio, {'SQLite WAL file' if backend == 'sqlite' else 'PostgreSQL'}" in report
+    assert asyncio["sqlite"]["lag_while_locked"]["write_took_ms"] >= 500
     for secret in ("SECRET1", "SECRET2"):
         assert secret not in json.dumps(results)
         assert secret not in report

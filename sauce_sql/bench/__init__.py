@@ -12,10 +12,11 @@ the same layout and interleaved so that a busy machine's noise falls on all alik
    steady increments, the store's against an increment that moves expires_at each time;
 6. 8 processes of 8 threads straight at PostgreSQL and through a PgBouncer of its own
    in transaction mode (pool 20), counts checked;
-7. process memory with few and many sessions, and bytes on disk per session.
+7. AsyncStore beside Store, aiosqlite and the raw async drivers;
+8. process memory with few and many sessions, and bytes on disk per session.
 
-It prints medians, p99, worst latencies and ratios against the targets of issues 3 and
-9, or one JSON object with ``--json``. PostgreSQL, PgBouncer and Redis are skipped,
+It prints medians, p99, worst latencies and ratios against the targets of issues 3, 9
+and 10, or one JSON object with ``--json``. PostgreSQL, PgBouncer and Redis are skipped,
 saying why, when they do not answer or are not installed.
 """
 
@@ -34,7 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sauce_sql.bench import server_load
+from sauce_sql.backends.sqlite.executor import SQLiteExecutor
+from sauce_sql.bench import aio, server_load
 from sauce_sql.bench import workloads as work
 from sauce_sql.bench.clients import OPERATIONS, RawPostgres, RawSQLite, RedisClient, store_ops
 from sauce_sql.bench.pgbouncer import pgbouncer_binary, running_pgbouncer
@@ -47,7 +49,7 @@ __all__ = ["PARTS", "BenchOptions", "main", "run"]
 
 MAX_AGE = 3600.0
 #: What ``--only`` picks from, in the order they run.
-PARTS = ("sqlite", "postgresql", "lean-expiry", "pgbouncer", "memory")
+PARTS = ("sqlite", "postgresql", "lean-expiry", "pgbouncer", "asyncio", "memory")
 _SERVER_PARTS = ("postgresql", "lean-expiry", "pgbouncer")
 
 
@@ -178,7 +180,7 @@ def _threads(
     # The write queue's counters tell how many writes each shared commit carried
     # (durability="full"), the floor's how often it passed between threads ("normal").
     executor = store._executor  # noqa: SLF001
-    assert executor is not None
+    assert isinstance(executor, SQLiteExecutor)
     queue, floor = executor.group_commit, executor.floor
     before = (queue.groups, queue.grouped_writes, floor.handoffs)
     contenders = {"store_4": (store_op, 4), "raw_1": (raw_op, 1), "raw_4": (raw_op, 4)}
@@ -243,7 +245,7 @@ def _postgres(url: str, o: BenchOptions) -> dict[str, Any]:
         store.lookup_session(ids[0])
         executor = store._executor  # noqa: SLF001
         assert executor is not None
-        (held,) = executor._held  # noqa: SLF001
+        (held,) = executor.held
         beside = RawPostgres(url, raw_table, max_age=MAX_AGE, connection=held.connection)
         try:
             result["single"] = _single({"store": store_ops(store), "raw": beside.ops()}, ids, o)
@@ -326,6 +328,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
                     redis.close()
         if any(part in parts for part in _SERVER_PARTS):
             _server_parts(options, results)
+        if "asyncio" in parts:
+            _log("asyncio: AsyncStore beside Store, aiosqlite and the raw async drivers")
+            rounds, per_round = options.rounds, options.per_round
+            results["asyncio"] = {
+                "sqlite": aio.asyncio_sqlite(Path(tmp), options.sessions, rounds, per_round)
+            }
+            if options.pg_url and _pg_reachable(options.pg_url) is None:
+                results["asyncio"]["postgresql"] = aio.asyncio_postgres(
+                    options.pg_url, options.sessions, rounds, per_round
+                )
         if "memory" in parts:
             results["memory"] = []
             for count in options.memory_sessions:
