@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from _support import libpq_dsn, wait_for
-from conftest import PG_URL, Backend, FakeClock, drop_tables, require_postgres
+from conftest import PG_URL, Backend, FakeClock, StoreFactory, drop_tables, require_postgres
 
 from sauce_sql import SessionNotFound, Store
 from sauce_sql.statements import RESOLUTION_CAP, expiry_resolution
@@ -42,11 +42,13 @@ def test_the_resolution_is_a_bounded_share_of_the_max_age() -> None:
 
 
 def test_expiry_lags_now_plus_max_age_by_less_than_the_resolution(
-    backend: Backend, store: Store, clock: FakeClock
+    backend: Backend, make_store: StoreFactory, clock: FakeClock
 ) -> None:
-    """After every increment and assign_user, last_modified is now and expires_at lies
-    between now + max age - resolution and now + max age (exactly the latter on SQLite);
-    on PostgreSQL it is kept while within the resolution and moved once past it."""
+    """With lean_expiry, after every increment and assign_user, last_modified is now and
+    expires_at lies between now + max age - resolution and now + max age (exactly the
+    latter on SQLite); on PostgreSQL it is kept while within the resolution and moved
+    once past it."""
+    store = make_store(lean_expiry=True)
     allowed = lag_allowed(backend)
     store.new_session("sid")
     kept = moved = 0
@@ -70,11 +72,12 @@ def test_expiry_lags_now_plus_max_age_by_less_than_the_resolution(
 
 
 def test_reads_writes_and_cleanup_agree_on_a_lagging_expiry(
-    backend: Backend, store: Store, clock: FakeClock
+    backend: Backend, make_store: StoreFactory, clock: FakeClock
 ) -> None:
-    """A session whose expires_at was kept lives until exactly that moment for every
-    read, write and cleanup, which is never earlier than its last write + max age -
-    resolution."""
+    """With lean_expiry, a session whose expires_at was kept lives until exactly that
+    moment for every read, write and cleanup, which is never earlier than its last
+    write + max age - resolution."""
+    store = make_store(lean_expiry=True)
     store.new_session("sid")
     clock.advance(60)
     store.inc_sequence("sid", "view")
@@ -108,6 +111,7 @@ def test_an_expiry_past_now_plus_max_age_is_brought_back(
             clean_interval=None,
             clock=clock,
             session_max_age=max_age.total_seconds(),
+            lean_expiry=True,
         )
 
     with make(2 * MAX_AGE) as longer:
@@ -156,7 +160,7 @@ def test_steady_increments_are_hot_updates(pg_table: str) -> None:
     resolution = expiry_resolution(MAX_AGE)
     index_size = "SELECT pg_indexes_size(%s::regclass)"
     with psycopg.connect(libpq_dsn(PG_URL), autocommit=True) as watcher:
-        with Store(PG_URL, table_name=pg_table, clean_interval=None) as store:
+        with Store(PG_URL, table_name=pg_table, clean_interval=None, lean_expiry=True) as store:
             ids = [store.new_session().session_id for _ in range(sessions)]
             (indexes_before,) = one_row(watcher, index_size, pg_table)
             for i in range(increments):
@@ -180,3 +184,15 @@ def test_steady_increments_are_hot_updates(pg_table: str) -> None:
     # where moving expires_at on every increment adds an entry to each index each time.
     assert indexes_after - indexes_before <= 16 * 1024
     assert MAX_AGE - resolution <= shortest <= longest <= MAX_AGE
+
+
+def test_expiry_is_exact_by_default(backend: Backend, store: Store, clock: FakeClock) -> None:
+    """Without lean_expiry every increment and assign_user sets expires_at to exactly
+    now + max age, on PostgreSQL too (the contract's sliding expiry)."""
+    store.new_session("sid")
+    for i in range(10):
+        clock.advance(7)
+        WRITES[i % len(WRITES)](store, i)
+        session = store.lookup_session("sid")
+        assert session is not None
+        assert session.expires_at == clock.now + MAX_AGE

@@ -42,7 +42,7 @@ USERS = [None, "u1", "u2"]
 # 1 s is within PostgreSQL's expiry resolution (5 s at this max age), 6 s past it.
 STEPS = [1, 6, MAX_AGE - 1, MAX_AGE, MAX_AGE + 1, 3 * MAX_AGE]
 OFFSETS = [-MAX_AGE, -1, 0, 1, MAX_AGE]
-EXAMPLES = {"sqlite_memory": 150, "postgresql": 60}
+EXAMPLES = {"sqlite_memory": 150, "postgresql": 60, "postgresql_lean": 40}
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,13 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.store.lookup_session(sid) == (None if row is None else row.session(sid))
 
 
-@pytest.fixture(params=["sqlite_memory", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@pytest.fixture(
+    params=[
+        "sqlite_memory",
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("postgresql_lean", marks=pytest.mark.postgresql),
+    ]
+)
 def machine_store(request: pytest.FixtureRequest) -> Iterator[tuple[str, Store, FakeClock]]:
     """One started store per run (each example empties its table), and its clock."""
     clock = FakeClock()
@@ -217,7 +223,12 @@ def machine_store(request: pytest.FixtureRequest) -> Iterator[tuple[str, Store, 
     table = f"t_{uuid.uuid4().hex[:12]}"
     try:
         with Store(
-            PG_URL, table_name=table, clean_interval=None, clock=clock, session_max_age=MAX_AGE
+            PG_URL,
+            table_name=table,
+            clean_interval=None,
+            clock=clock,
+            session_max_age=MAX_AGE,
+            lean_expiry=request.param == "postgresql_lean",
         ) as s:
             yield request.param, s, clock
     finally:
@@ -236,7 +247,7 @@ def test_store_agrees_with_model(machine_store: tuple[str, Store, FakeClock]) ->
             "store": store,
             "clock": clock,
             "examples": examples,
-            "lean_expiry": name == "postgresql",
+            "lean_expiry": name == "postgresql_lean",
         },
     )
     run_state_machine_as_test(

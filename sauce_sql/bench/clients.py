@@ -67,11 +67,11 @@ def store_ops(store: Store) -> dict[str, Operation]:
 
 
 def _sql(
-    table_name: str, dialect: Dialect, *, exact_expiry: bool = False
+    table_name: str, dialect: Dialect, *, lean_expiry: bool = False
 ) -> dict[str, tuple[str, tuple[str, ...]]]:
     """The store's SQL for ``table_name`` and each statement's parameter order."""
     table = sessions_table(table_name)
-    built = statements.build(table, dialect.name, exact_expiry=exact_expiry)
+    built = statements.build(table, dialect.name, lean_expiry=lean_expiry)
     compiled = {}
     for name in ("select_live", "increment_view", "assign_user", "create", "revive"):
         statement = getattr(built, name).compile(dialect=dialect)
@@ -167,11 +167,11 @@ class RawPostgres:
         *,
         max_age: float,
         connection: psycopg.Connection[Any] | None = None,
-        exact_expiry: bool = False,
+        lean_expiry: bool = False,
     ) -> None:
         """Connect to ``url``, or run on ``connection`` (an autocommit psycopg
         connection that stays its owner's: close() leaves it open). With
-        ``exact_expiry`` every write moves ``expires_at`` (see
+        ``lean_expiry`` increments keep a fresh enough ``expires_at`` (see
         :func:`sauce_sql.statements.build`)."""
         import psycopg
         from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
@@ -183,7 +183,7 @@ class RawPostgres:
         self.cursor = self.connection.cursor()
         self.max_age = timedelta(seconds=max_age)
         dialect = pg_dialect.dialect()  # type: ignore[no-untyped-call]
-        compiled = _sql(table_name, dialect, exact_expiry=exact_expiry)
+        compiled = _sql(table_name, dialect, lean_expiry=lean_expiry)
         self.sql = {name: text for name, (text, _) in compiled.items()}
 
     def close(self) -> None:

@@ -79,7 +79,13 @@ def lean_expiry(url: str, *, sessions: int, increments: int) -> dict[str, Any]:
     try:
         for name in ("every_write", "store"):
             table = f"bench_hot_{name}_{suffix}"
-            store = Store(url, table_name=table, clean_interval=None, session_max_age=MAX_AGE)
+            store = Store(
+                url,
+                table_name=table,
+                clean_interval=None,
+                session_max_age=MAX_AGE,
+                lean_expiry=True,
+            )
             try:
                 store.start()
                 watcher.cursor.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
@@ -93,7 +99,7 @@ def lean_expiry(url: str, *, sessions: int, increments: int) -> dict[str, Any]:
                     store.close()
                 else:
                     store.close()
-                    raw = RawPostgres(url, table, max_age=MAX_AGE, exact_expiry=True)
+                    raw = RawPostgres(url, table, max_age=MAX_AGE)
                     increment = raw.ops()["inc_sequence"]
                     for _ in range(increments):
                         increment(picks.choice(ids))
