@@ -7,6 +7,7 @@
 1
 """
 
+from sauce_sql.aio import AsyncStore
 from sauce_sql.errors import (
     InvalidInput,
     SauceSQLError,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnalyticsSession",
+    "AsyncStore",
     "InvalidInput",
     "ReviveSession",
     "SauceSQLError",

@@ -44,6 +44,7 @@ class StoreConfig:
     timeout: float
     max_connections: int
     max_idle_connections: int
+    lean_expiry: bool = False
     keep_history: bool = True
     history_max_age: float | None = DEFAULT_HISTORY_MAX_AGE
     history_ip: str = "mask"
@@ -60,6 +61,7 @@ class StoreConfig:
         timeout: object = 10.0,
         max_connections: object = 10,
         max_idle_connections: object = None,
+        lean_expiry: object = False,
         keep_history: object = True,
         history_max_age: object = DEFAULT_HISTORY_MAX_AGE,
         history_ip: object = "mask",
@@ -67,6 +69,8 @@ class StoreConfig:
         """Check every option, raising InvalidInput or TypeError on the first bad one."""
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        if not isinstance(lean_expiry, bool):
+            raise TypeError(f"lean_expiry must be a bool, not {type(lean_expiry).__name__}")
         if durability not in DURABILITY_MODES:
             raise InvalidInput(f"durability must be 'normal' or 'full', got {shown(durability)}")
         max_age = validation.positive_seconds(session_max_age, "session_max_age")
@@ -113,6 +117,7 @@ class StoreConfig:
             timeout=seconds,
             max_connections=most,
             max_idle_connections=idle,
+            lean_expiry=lean_expiry,
             keep_history=keep_history,
             history_max_age=kept,
             history_ip=str(history_ip),

@@ -11,27 +11,30 @@
 - Erasure: every row of a user or an id, live and archived, deleted at once.
 
 On PostgreSQL each step is one statement (:mod:`sauce_sql.history_statements`); on
-SQLite a few statements in one :meth:`~sauce_sql.connections.Executor.transaction`.
+SQLite a few statements in one transaction on the write path
+(:meth:`~sauce_sql.backends.sqlite.executor.SQLiteExecutor.transaction`). Each is an
+operation (:mod:`sauce_sql.ops`), so that Store and AsyncStore run the same steps.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Dialect
 
-from sauce_sql.cleanup import delete_expired
-from sauce_sql.connections import Executor, Run
+from sauce_sql.backends.sqlite.executor import Run
+from sauce_sql.cleanup import StopSignal, delete_expired
 from sauce_sql.history_statements import HistoryStatements, build_history
+from sauce_sql.ops import Operation, Step, Transaction
 from sauce_sql.prepared import Prepared
 from sauce_sql.schema import BUCKET_SECONDS
 
 __all__ = [
     "HistoryPrepared",
+    "archive_and_retire",
     "archive_expired",
     "bucket_start",
     "forget",
@@ -69,23 +72,23 @@ def bucket_start(moment: datetime) -> datetime:
 
 # -- archiving and retention ------------------------------------------------------------
 
+_Batch = Generator[Any, Any, tuple[int, bool]]
 
-def _archive_batch(
-    executor: Executor, statements: HistoryPrepared, now: datetime, rows: int
-) -> tuple[int, bool]:
+
+def _archive_batch(statements: HistoryPrepared, now: datetime, rows: int) -> _Batch:
     if statements.postgresql:
-        _, moved = executor.write(
-            _statement(statements, "archive_batch"), {"now": now, "batch": rows}
+        values: dict[str, Any] = {"now": now, "batch": rows}
+        _, moved = yield Step(
+            _statement(statements, "archive_batch"), values, write=True, slow=True
         )
         if moved == rows:
             return moved, False
         # As for a plain delete: only an empty look ends the cleanup (cleanup._batch).
-        left, _ = executor.read(_statement(statements, "expired_bound"), {"now": now, "batch": 0})
+        bound = {"now": now, "batch": 0}
+        left, _ = yield Step(_statement(statements, "expired_bound"), bound)
         return moved, not left
-    found, _ = executor.read(
-        _statement(statements, "expired_bound"), {"now": now, "batch": rows - 1}
-    )
-    values: dict[str, Any]
+    bound = {"now": now, "batch": rows - 1}
+    found, _ = yield Step(_statement(statements, "expired_bound"), bound)
     if found:
         suffix, values = "upto", {"bound_at": found[0][0], "bound_id": found[0][1]}
     else:
@@ -99,22 +102,21 @@ def _archive_batch(
             run(_statement(statements, f"uncopy_{suffix}"), values)
         return deleted
 
-    return executor.transaction(move), not found
+    deleted: int = yield Transaction(move)
+    return deleted, not found
 
 
-def _retire_batch(
-    executor: Executor, statements: HistoryPrepared, cutoff: datetime, rows: int
-) -> tuple[int, bool]:
-    found, _ = executor.read(
-        _statement(statements, "retention_bound"), {"cutoff": cutoff, "batch": rows - 1}
-    )
+def _retire_batch(statements: HistoryPrepared, cutoff: datetime, rows: int) -> _Batch:
+    bound = {"cutoff": cutoff, "batch": rows - 1}
+    found, _ = yield Step(_statement(statements, "retention_bound"), bound)
     values: dict[str, Any]
     if found:
         suffix, values = "upto", {"bound_at": found[0][0], "bound_id": found[0][1]}
     else:
         suffix, values = "rest", {"cutoff": cutoff}
     if statements.postgresql:
-        result, _ = executor.write(_statement(statements, f"retire_{suffix}"), values)
+        statement = _statement(statements, f"retire_{suffix}")
+        result, _ = yield Step(statement, values, write=True, slow=True)
         return int(result[0][0]), not found
 
     def retire(run: Run) -> int:
@@ -122,49 +124,78 @@ def _retire_batch(
         _, deleted = run(_statement(statements, f"drop_{suffix}"), values)
         return deleted
 
-    return executor.transaction(retire), not found
+    retired: int = yield Transaction(retire)
+    return retired, not found
+
+
+def _dialect(statements: HistoryPrepared) -> str:
+    return "postgresql" if statements.postgresql else "sqlite"
 
 
 def archive_expired(
-    executor: Executor,
     statements: HistoryPrepared,
     now: datetime,
     *,
     count: Callable[[int], None] | None = None,
-    stop: threading.Event | None = None,
-) -> int:
+    stop: StopSignal | None = None,
+) -> Operation[int]:
     """Move every row expired at ``now`` to history, batch by batch; return how many."""
-    return delete_expired(executor, statements, now, count=count, stop=stop, batch=_archive_batch)
+    return delete_expired(
+        statements,
+        now,
+        dialect_name=_dialect(statements),
+        count=count,
+        stop=stop,
+        batch=_archive_batch,
+    )
 
 
 def retire_history(
-    executor: Executor,
     statements: HistoryPrepared,
     now: datetime,
     max_age: float,
     *,
-    stop: threading.Event | None = None,
-) -> int:
+    stop: StopSignal | None = None,
+) -> Operation[int]:
     """Fold history rows that expired ``max_age`` seconds before ``now`` into the
     aggregates and delete them, batch by batch; return how many went."""
     try:
         cutoff = now - timedelta(seconds=max_age)
     except OverflowError:  # before year 1: nothing is that old
         return 0
-    return delete_expired(executor, statements, cutoff, stop=stop, batch=_retire_batch)
+    return (
+        yield from delete_expired(
+            statements, cutoff, dialect_name=_dialect(statements), stop=stop, batch=_retire_batch
+        )
+    )
+
+
+def archive_and_retire(
+    statements: HistoryPrepared,
+    now: datetime,
+    history_max_age: float | None,
+    *,
+    count: Callable[[int], None] | None = None,
+    stop: StopSignal | None = None,
+) -> Operation[int]:
+    """A cleanup with history: archive what expired, then retire old history; return
+    how many rows left the live table."""
+    moved = yield from archive_expired(statements, now, count=count, stop=stop)
+    if history_max_age is not None and not (stop is not None and stop.is_set()):
+        yield from retire_history(statements, now, history_max_age, stop=stop)
+    return moved
 
 
 # -- revival and erasure --------------------------------------------------------------
 
 
 def revive(
-    executor: Executor,
     statements: HistoryPrepared,
     live: Any,
     values: Mapping[str, Any],
     *,
     only_if_expired: bool,
-) -> list[Sequence[Any]]:
+) -> Operation[list[Sequence[Any]]]:
     """Revive ``values["sid"]``: its live or expired row, else its latest archived one
     (taken out of history), else a new session; revivals of expired or archived
     sessions are counted in the aggregates. Returns the live row (none when
@@ -173,8 +204,8 @@ def revive(
     bucketed = {**values, "bucket": bucket_start(values["now"])}
     if statements.postgresql:
         name = "revive_if_expired" if only_if_expired else "revive"
-        rows, _ = executor.write(_statement(statements, name), bucketed)
-        return rows
+        rows, _ = yield Step(_statement(statements, name), bucketed, write=True)
+        return list(rows)
 
     def body(run: Run) -> list[Sequence[Any]]:
         present, _ = run(_statement(statements, "live_expiry"), values)
@@ -190,7 +221,8 @@ def revive(
             run(_statement(statements, "count_revival"), bucketed)
         return rows
 
-    return executor.transaction(body)
+    revived: list[Sequence[Any]] = yield Transaction(body)
+    return revived
 
 
 def _expired(stored: Any, now: datetime) -> bool:
@@ -200,13 +232,13 @@ def _expired(stored: Any, now: datetime) -> bool:
     return bool(stored <= now)
 
 
-def forget(executor: Executor, statements: HistoryPrepared, what: str, value: str) -> int:
+def forget(statements: HistoryPrepared, what: str, value: str) -> Operation[int]:
     """Delete every live and archived row whose ``what`` ("user" or "session") is
     ``value``; return how many."""
     key = "uid" if what == "user" else "sid"
     values = {key: value}
     if statements.postgresql:
-        rows, _ = executor.write(_statement(statements, f"forget_{what}"), values)
+        rows, _ = yield Step(_statement(statements, f"forget_{what}"), values, write=True)
         return int(rows[0][0])
 
     def body(run: Run) -> int:
@@ -214,4 +246,5 @@ def forget(executor: Executor, statements: HistoryPrepared, what: str, value: st
         _, archived = run(_statement(statements, f"delete_history_{what}"), values)
         return live + archived
 
-    return executor.transaction(body)
+    forgotten: int = yield Transaction(body)
+    return forgotten

@@ -13,8 +13,9 @@ import pytest
 from _support import admin, libpq_dsn, wait_for
 from conftest import PG_URL, Backend, FakeClock, StoreFactory, make_backend
 
-from sauce_sql import ReviveSession, Store, cleanup
-from sauce_sql.connections import Result
+from sauce_sql import ReviveSession, Store, cleanup, ops
+from sauce_sql.backends import backend_for
+from sauce_sql.backends.base import Result
 from sauce_sql.prepared import Prepared
 
 WAIT = 10.0  # seconds; only reached when something is broken
@@ -36,6 +37,7 @@ def test_cleanup_in_many_batches_deletes_every_expired_row(
 
 
 @pytest.mark.parametrize("keep_history", [False, True])
+@pytest.mark.sync_only("pauses a cleanup between batches by patching the sync executor's write")
 def test_rows_revived_during_cleanup_survive(
     make_store: StoreFactory,
     clock: FakeClock,
@@ -56,7 +58,9 @@ def test_rows_revived_during_cleanup_survive(
     first_batch, go_on = threading.Event(), threading.Event()
     executor = store._executor
     assert executor is not None
-    real_write, real_transaction = executor.write, executor.transaction
+    real_write = executor.write
+    # SQLite's archiving batches are transactions (PostgreSQL's single statements).
+    real_transaction = getattr(executor, "transaction", None)
 
     def pause() -> None:
         if not first_batch.is_set():
@@ -69,19 +73,21 @@ def test_rows_revived_during_cleanup_survive(
         return result
 
     def transaction(body: Any) -> Any:
-        # An archiving batch on SQLite is a transaction of its own.
+        assert real_transaction is not None
         result = real_transaction(body)
         pause()
         return result
 
     monkeypatch.setattr(executor, "write", write)
-    monkeypatch.setattr(executor, "transaction", transaction)
+    if real_transaction is not None:
+        monkeypatch.setattr(executor, "transaction", transaction)
     deleted: list[int] = []
     cleaner = threading.Thread(target=lambda: deleted.append(store.cleanup()))
     cleaner.start()
     assert first_batch.wait(WAIT)
     monkeypatch.setattr(executor, "write", real_write)
-    monkeypatch.setattr(executor, "transaction", real_transaction)
+    if real_transaction is not None:
+        monkeypatch.setattr(executor, "transaction", real_transaction)
     for sid in revived:
         store.revive_session(ReviveSession(sid))
     go_on.set()
@@ -126,13 +132,14 @@ def test_batch_size_follows_the_time_budget(
     monkeypatch.setattr("sauce_sql.cleanup.time.perf_counter", lambda: now[0])
     executor = _FakeExecutor(500_000, seconds_per_row, now)
     statements = SimpleNamespace(delete_expired_batch=None, expired_bound=None)
-    deleted = cleanup.delete_expired(executor, statements, None)  # type: ignore[arg-type]
+    operation = cleanup.delete_expired(statements, None, dialect_name="postgresql")  # type: ignore[arg-type]
+    deleted = ops.run(executor, operation)  # type: ignore[arg-type]
     assert deleted == 500_000
     sizes = executor.batches
     assert sizes[0] == cleanup.START_BATCH_ROWS
     assert all(cleanup.MIN_BATCH_ROWS <= s <= cleanup.MAX_BATCH_ROWS for s in sizes)
     assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
-    budget = cleanup.BATCH_SECONDS["postgresql"]
+    budget = backend_for("postgresql").batch_seconds
     settled = max(
         cleanup.MIN_BATCH_ROWS, min(cleanup.MAX_BATCH_ROWS, int(budget / seconds_per_row))
     )
