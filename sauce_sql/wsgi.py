@@ -55,17 +55,17 @@ class Tracker(TrackerBase):
     ``identify(user_id)`` sets the visitor's user once the response is sent.
     """
 
-    __slots__ = ("_middleware",)
+    __slots__ = ("_run",)
 
-    def __init__(self, visit: Visit, middleware: SauceMiddleware) -> None:
+    def __init__(self, visit: Visit, run: Callable[[plans.Plan[int]], int | None]) -> None:
         super().__init__(visit)
-        self._middleware = middleware
+        self._run = run
 
     def _count(self, kind: SequenceType) -> int:
         visit = self._visit
         if visit.skipped is not None:
             return 0
-        value = self._middleware._run(plans.count(visit, kind))
+        value = self._run(plans.count(visit, kind))
         if value is None:
             return 0
         if kind is SequenceType.VIEW:
@@ -87,11 +87,13 @@ class Tracker(TrackerBase):
 class _Finishing:
     """The app's response, finishing the visit when the server closes it."""
 
-    __slots__ = ("_middleware", "_result", "_visit")
+    __slots__ = ("_finish", "_result", "_visit")
 
-    def __init__(self, result: Iterable[bytes], middleware: SauceMiddleware, visit: Visit) -> None:
+    def __init__(
+        self, result: Iterable[bytes], finish: Callable[[Visit], None], visit: Visit
+    ) -> None:
         self._result = result
-        self._middleware = middleware
+        self._finish = finish
         self._visit = visit
 
     def __iter__(self) -> Iterator[bytes]:
@@ -103,7 +105,7 @@ class _Finishing:
             if close is not None:
                 close()
         finally:
-            self._middleware._finish(self._visit)
+            self._finish(self._visit)
 
 
 class SauceMiddleware:
@@ -194,7 +196,7 @@ class SauceMiddleware:
             environ.get("REMOTE_ADDR"),
             environ.get("wsgi.url_scheme", "http"),
         )
-        environ["sauce"] = Tracker(visit, self)
+        environ["sauce"] = Tracker(visit, self._run)
         if visit.skipped is not None:
             self._stats.skip(visit.skipped)
             return self.app(environ, start_response)
@@ -215,4 +217,4 @@ class SauceMiddleware:
                 response_headers = [*response_headers, ("Set-Cookie", cookie)]
             return start_response(status, response_headers, exc_info)
 
-        return _Finishing(self.app(environ, starting), self, visit)
+        return _Finishing(self.app(environ, starting), self._finish, visit)

@@ -146,9 +146,7 @@ def _skip_group(text: str, i: int) -> int:
 def _piece(alternative: str) -> str | None:
     """The three letters (lower case) to file ``alternative`` under, or None."""
     pieces = [
-        run[k : k + 3].lower()
-        for run in _required_runs(alternative)
-        for k in range(len(run) - 2)
+        run[k : k + 3].lower() for run in _required_runs(alternative) for k in range(len(run) - 2)
     ]
     if not pieces:
         return None

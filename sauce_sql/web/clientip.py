@@ -54,7 +54,9 @@ class ClientAddress:
             try:
                 networks.append(ipaddress.ip_network(proxy, strict=False))
             except ValueError as exc:
-                raise InvalidInput(f"trusted_proxies: {proxy!r} is not an address or network") from exc
+                raise InvalidInput(
+                    f"trusted_proxies: {proxy!r} is not an address or network"
+                ) from exc
         object.__setattr__(self, "_networks", tuple(networks))
 
     def _trusted(self, address: _Address) -> bool:

@@ -18,7 +18,7 @@ from itsdangerous import BadSignature, Signer
 
 from sauce_sql.errors import InvalidInput
 
-__all__ = ["CookieCodec", "VisitorCookie"]
+__all__ = ["MAX_LIFETIME", "CookieCodec", "VisitorCookie", "cookie_value", "set_cookie_header"]
 
 #: Browsers cap a cookie's lifetime at 400 days (RFC 6265bis).
 MAX_LIFETIME = 400 * 86_400

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sauce_sql.web.bots import agent_kind
 
-__all__ = ["DEFAULT_PROBE_PATHS", "DEFAULT_STATIC_EXTENSIONS", "DEFAULT_STATIC_PATHS", "Skip", "Rules"]
+__all__ = [
+    "DEFAULT_PROBE_PATHS",
+    "DEFAULT_STATIC_EXTENSIONS",
+    "DEFAULT_STATIC_PATHS",
+    "Skip",
+    "Rules",
+]
 
 
 class Skip(str, enum.Enum):
@@ -59,22 +64,24 @@ def _lower_tuple(values: Sequence[str], what: str) -> tuple[str, ...]:
     return tuple(value.lower() for value in values)
 
 
-@dataclass(frozen=True)
 class Rules:
     """The skipping rules, validated once; ``skip_request`` and ``not_a_view`` apply them."""
 
-    probe_paths: Sequence[str] = DEFAULT_PROBE_PATHS
-    static_paths: Sequence[str] = DEFAULT_STATIC_PATHS
-    static_extensions: Sequence[str] = DEFAULT_STATIC_EXTENSIONS
-    skip_headless: bool = True
-    honor_gpc: bool = False
+    __slots__ = ("honor_gpc", "probe_paths", "skip_headless", "static_extensions", "static_paths")
 
-    def __post_init__(self) -> None:
-        probes = _lower_tuple(self.probe_paths, "probe_paths")
-        object.__setattr__(self, "probe_paths", probes)
-        object.__setattr__(self, "static_paths", _lower_tuple(self.static_paths, "static_paths"))
-        extensions = _lower_tuple(self.static_extensions, "static_extensions")
-        object.__setattr__(self, "static_extensions", extensions)
+    def __init__(
+        self,
+        probe_paths: Sequence[str] = DEFAULT_PROBE_PATHS,
+        static_paths: Sequence[str] = DEFAULT_STATIC_PATHS,
+        static_extensions: Sequence[str] = DEFAULT_STATIC_EXTENSIONS,
+        skip_headless: bool = True,
+        honor_gpc: bool = False,
+    ) -> None:
+        self.probe_paths = _lower_tuple(probe_paths, "probe_paths")
+        self.static_paths = _lower_tuple(static_paths, "static_paths")
+        self.static_extensions = _lower_tuple(static_extensions, "static_extensions")
+        self.skip_headless = bool(skip_headless)
+        self.honor_gpc = bool(honor_gpc)
 
     def skip_request(self, method: str, path: str, headers: dict[str, str]) -> Skip | None:
         """Why the request is skipped before the app runs, or None. ``headers`` has
