@@ -95,8 +95,13 @@ def starlette_app(**options: Any) -> Any:
     """A Starlette app with ``sauce_sql.asgi.SauceMiddleware`` added with ``options``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-    from starlette.responses import RedirectResponse
+    from starlette.responses import (
+        HTMLResponse,
+        JSONResponse,
+        PlainTextResponse,
+        RedirectResponse,
+        Response,
+    )
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
 

@@ -72,13 +72,16 @@ def test_first_page_view_creates_the_session_and_sets_a_small_cookie(site: Site)
     visitor = site.visitor()
     response = visitor.get("/")
     sid, skipped = shown(response)
-    assert response.status_code == 200 and skipped is None and sid is not None
+    assert response.status_code == 200
+    assert skipped is None
+    assert sid is not None
     (header,) = cookie_header(response)
     assert len(header.encode()) <= 200
     attributes = [part.strip() for part in header.split(";")]
     assert attributes[0].startswith(f"sauce={sid}.")
     assert {"HttpOnly", "SameSite=Lax", "Path=/"} <= set(attributes)
-    assert f"Max-Age={395 * DAY}" in attributes and "Secure" not in attributes
+    assert f"Max-Age={395 * DAY}" in attributes
+    assert "Secure" not in attributes
     row = site.row(sid)
     assert (row["view_sequence"], row["event_sequence"], row["user_id"]) == (1, 0, None)
     assert row["user_agent"] == FIREFOX
@@ -97,7 +100,8 @@ def test_returning_visitor_counts_every_view_and_gets_no_new_cookie(site: Site) 
     assert sid is not None
     for n in range(2, 6):
         response = visitor.get("/")
-        assert shown(response)[0] == sid and cookie_header(response) == []
+        assert shown(response)[0] == sid
+        assert cookie_header(response) == []
         assert site.row(sid)["view_sequence"] == n
     assert len(site.rows()) == 1
     assert site.state().views == 5
@@ -161,7 +165,8 @@ def test_navigation_is_a_page_view(site: Site) -> None:
     """A request marked ``Sec-Fetch-Mode: navigate`` is counted."""
     response = site.visitor().get("/", headers={"sec-fetch-mode": "navigate"})
     sid = shown(response)[0]
-    assert sid is not None and site.row(sid)["view_sequence"] == 1
+    assert sid is not None
+    assert site.row(sid)["view_sequence"] == 1
 
 
 def test_session_id_is_known_before_the_row_exists(site: Site) -> None:
@@ -169,7 +174,8 @@ def test_session_id_is_known_before_the_row_exists(site: Site) -> None:
     tracked request stores it under that very id."""
     visitor = site.visitor()
     sid_seen = visitor.get("/api").json()["sid"]
-    assert len(sid_seen) == 32 and site.rows() == []
+    assert len(sid_seen) == 32
+    assert site.rows() == []
     event = visitor.get("/event")
     assert event.json() == {"event": 1}
     (row,) = site.rows()
@@ -209,7 +215,8 @@ def test_identify_stores_the_user_and_the_cookie_never_holds_it(site: Site) -> N
     value = visitor.cookies["sauce"]
     assert "user-42" not in value
     payload = value.rsplit(".", 1)[0]
-    assert payload.split(".")[0] == sid and len(payload.split(".")) == 2
+    assert payload.split(".")[0] == sid
+    assert len(payload.split(".")) == 2
     visitor.get("/login", params={"user": "user-43"})
     assert site.row(sid)["user_id"] == "user-43"
 
@@ -232,7 +239,8 @@ def test_malformed_and_oversized_cookies_are_a_new_visitor(site: Site, value: st
     response = visitor.get("/", headers={"cookie": f"sauce={value}"})
     assert response.status_code == 200
     sid = shown(response)[0]
-    assert sid is not None and site.row(sid)["view_sequence"] == 1
+    assert sid is not None
+    assert site.row(sid)["view_sequence"] == 1
     assert cookie_header(response) != []
 
 
@@ -244,7 +252,8 @@ def test_tampered_cookie_is_a_new_visitor(site: Site) -> None:
     assert sid is not None
     value = visitor.cookies["sauce"]
     other_id = ("0" if sid[0] != "0" else "1") + sid[1:]
-    for forged in (value.replace(sid, other_id), value[:-2] + ("AA" if value[-2:] != "AA" else "BB")):
+    edited = value[:-2] + ("AA" if value[-2:] != "AA" else "BB")
+    for forged in (value.replace(sid, other_id), edited):
         response = site.visitor().get("/", headers={"cookie": f"sauce={forged}"})
         new_sid = shown(response)[0]
         assert new_sid not in (sid, other_id)
@@ -280,12 +289,14 @@ def test_key_rotation_accepts_fallback_cookies_and_reissues_them(
     reissued = header.split(";")[0].removeprefix("sauce=")
     newest_only, old_only = CookieCodec(new), CookieCodec(old)
     verified = newest_only.verify(reissued, now=time.time(), max_age=400 * DAY)
-    assert verified is not None and verified.session_id == sid
+    assert verified is not None
+    assert verified.session_id == sid
     assert verified.issued == int(value.split(".")[1], 36)
     assert old_only.verify(reissued, now=time.time(), max_age=400 * DAY) is None
     # Once re-issued, the cookie is current: no further Set-Cookie.
     again = rotated.visitor().get("/", headers={"cookie": f"sauce={reissued}"})
-    assert cookie_header(again) == [] and shown(again)[0] == sid
+    assert cookie_header(again) == []
+    assert shown(again)[0] == sid
 
 
 def test_new_cookies_are_signed_with_the_newest_key(make_site: Factory) -> None:
@@ -302,14 +313,13 @@ def test_new_cookies_are_signed_with_the_newest_key(make_site: Factory) -> None:
 def test_cookie_lifetime_is_absolute(make_site: Factory, clock: FakeClock) -> None:
     """Visits do not extend the cookie: it is honoured until its max age from issue,
     then the visitor is a new one; a re-issued cookie keeps the remaining time only."""
-    site = make_site(
-        clock=clock, cookie_max_age=30 * DAY, store_options={"clock": clock}
-    )
+    site = make_site(clock=clock, cookie_max_age=30 * DAY, store_options={"clock": clock})
     visitor = site.visitor()
     sid = shown(visitor.get("/"))[0]
     clock.advance(29 * DAY)
     response = visitor.get("/")
-    assert shown(response)[0] == sid and cookie_header(response) == []
+    assert shown(response)[0] == sid
+    assert cookie_header(response) == []
     clock.advance(DAY + 1)
     value = visitor.cookies["sauce"]  # a client keeping it past Max-Age
     late = site.visitor().get("/", headers={"cookie": f"sauce={value}"})
@@ -326,9 +336,7 @@ def test_reissued_cookie_keeps_only_the_remaining_lifetime(
     visitor.get("/")
     value = visitor.cookies["sauce"]
     clock.advance(100 * DAY)
-    rotated = make_site(
-        fallback_keys=[OLD_SECRET], clock=clock, store_options={"clock": clock}
-    )
+    rotated = make_site(fallback_keys=[OLD_SECRET], clock=clock, store_options={"clock": clock})
     (header,) = cookie_header(rotated.visitor().get("/", headers={"cookie": f"sauce={value}"}))
     assert f"Max-Age={295 * DAY}" in header
 
@@ -356,7 +364,8 @@ def test_lost_session_is_revived_with_the_current_agent_and_address(site: Site) 
     assert sid is not None
     site.empty_table()
     response = visitor.get("/", headers={"user-agent": CHROME})
-    assert shown(response)[0] == sid and cookie_header(response) == []
+    assert shown(response)[0] == sid
+    assert cookie_header(response) == []
     row = site.row(sid)
     assert (row["view_sequence"], row["user_agent"], row["user_id"]) == (1, CHROME, None)
     assert row["client_ip"] == "127.0.0.0"
@@ -401,7 +410,8 @@ def test_global_privacy_control_is_honoured_when_asked(make_site: Factory) -> No
     """With honor_gpc=True a request sending Sec-GPC: 1 is skipped; by default it is not."""
     honouring = make_site(honor_gpc=True)
     response = honouring.visitor().get("/", headers={"sec-gpc": "1"})
-    assert shown(response) == (None, "gpc") and honouring.rows() == []
+    assert shown(response) == (None, "gpc")
+    assert honouring.rows() == []
     honouring.close()
     default = make_site()
     assert shown(default.visitor().get("/", headers={"sec-gpc": "1"}))[1] is None
@@ -426,11 +436,14 @@ def test_store_unavailable_at_start_up_serves_pages_and_recovers(
         with caplog.at_level(logging.WARNING, logger="sauce_sql.web"):
             for _ in range(3):
                 response = visitor.get("/")
-                assert response.status_code == 200 and shown(response)[0] is not None
+                assert response.status_code == 200
+                assert shown(response)[0] is not None
         warnings = [r for r in caplog.records if r.name == "sauce_sql.web"]
-        assert len(warnings) == 1 and "not tracked" in warnings[0].getMessage()
+        assert len(warnings) == 1
+        assert "not tracked" in warnings[0].getMessage()
         state = site.state()
-        assert state.store_failures >= 1 and not state.store_available
+        assert state.store_failures >= 1
+        assert not state.store_available
         sid = shown(response)[0]
         missing.mkdir()
         time.sleep(0.05)
@@ -456,5 +469,6 @@ def test_ten_thousand_skipped_requests_write_nothing(site: Site) -> None:
         path, headers = kinds[n % len(kinds)]
         response = visitor.get(path, headers=headers)
         cookies += len(cookie_header(response))
-    assert cookies == 0 and site.rows() == []
+    assert cookies == 0
+    assert site.rows() == []
     assert sum(site.state().skipped.values()) == 10_000
