@@ -10,6 +10,7 @@ hand (JSON with the new sequence), ``/login`` identifies the user given as ``?us
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -32,6 +33,8 @@ CHROME = (
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 PAGE = re.compile(r"sid=([^\s<]+) skipped=([^\s<]+)")
 ADAPTERS = ["wsgi", "asgi"]
+#: In CI (SAUCE_SQL_REQUIRE_PG=1) a missing browser fails the browser test instead of skipping.
+REQUIRE_BROWSER = os.environ.get("SAUCE_SQL_REQUIRE_PG") == "1"
 
 
 def page_html(tracker: Any) -> str:
