@@ -4,8 +4,8 @@ protocol) against the Flask app behind gunicorn."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,9 +51,12 @@ def test_browser_keeps_its_session_across_a_restart_with_an_emptied_database(
         assert settle(url, {sid: 3}) == {sid: 3}
         issued_at = time.time()
         (cookie,) = browser.cookies(server.url)
-        assert cookie["name"] == "sauce" and cookie["value"].startswith(f"{sid}.")
-        assert cookie["httpOnly"] is True and cookie["secure"] is False
-        assert cookie["sameSite"] == "Lax" and cookie["path"] == "/"
+        assert cookie["name"] == "sauce"
+        assert cookie["value"].startswith(f"{sid}.")
+        assert cookie["httpOnly"] is True
+        assert cookie["secure"] is False
+        assert cookie["sameSite"] == "Lax"
+        assert cookie["path"] == "/"
         assert cookie["session"] is False
         assert abs(cookie["expires"] - (issued_at + 395 * 86_400)) < 120
         assert cookie["size"] <= 200
