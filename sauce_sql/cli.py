@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--quick", action="store_true", help="small sizes: a minute or two")
+    sub.add_argument(
+        "--web",
+        action="store_true",
+        help="only what the web middleware adds to a request (needs sauce-sql[web])",
+    )
     sub.add_argument("--dir", help="where its SQLite files go (default: a temporary dir)")
     for size in ("sessions", "rounds", "per-round", "cleanup-rows", "cleanup-runs"):
         sub.add_argument(f"--{size}", type=_positive_int, help=f"override the {size}")

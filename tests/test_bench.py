@@ -62,3 +62,19 @@ def test_bench_runs_every_part_at_tiny_sizes(tmp_path: Path) -> None:
     for secret in ("SECRET1", "SECRET2"):
         assert secret not in json.dumps(results)
         assert secret not in report
+
+
+def test_web_bench_runs_and_skipped_requests_call_no_store(tmp_path: Path) -> None:
+    """The web bench runs at tiny sizes: every figure is there, its skipped requests
+    made no store call, and the table names each target."""
+    from sauce_sql.bench.web import format_web, run_web
+
+    figures = run_web(str(tmp_path), rounds=1, per_round=20)
+    assert set(figures["views"]) == {"warm", "cold", "new"}
+    assert set(figures["skipped"]) == {"bot", "probe", "static", "prefetch"}
+    assert figures["skipped_requests"] == 4 * 2 * 20  # a warm-up round and one measured
+    assert figures["skipped_store_calls"] == 0
+    assert figures["bot_check"]["patterns"] > 1000
+    table = format_web(figures)
+    assert "<= 60" in table
+    assert "<= 5" in table

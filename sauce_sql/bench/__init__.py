@@ -319,6 +319,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Run from parsed command-line arguments; print the table or JSON."""
+    if getattr(args, "web", False):
+        from sauce_sql.bench.web import format_web, run_web
+
+        sizes = {"rounds": 4, "per_round": 200} if args.quick else {}
+        for name in ("rounds", "per_round"):
+            if getattr(args, name) is not None:
+                sizes[name] = getattr(args, name)
+        figures = run_web(args.dir, **sizes)
+        print(json.dumps(figures, indent=2) if args.json else format_web(figures))
+        return 0
     overrides: dict[str, Any] = {
         "directory": args.dir,
         "pg_url": args.pg_url or None,

@@ -9,6 +9,7 @@ its issue time, so rotating keys never extends a cookie's life.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -50,8 +51,20 @@ def _key(value: object, what: str) -> bytes:
     return value
 
 
+class _Signer(Signer):
+    """itsdangerous' Signer, deriving its key once rather than on every call."""
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+        self._derived = super().derive_key()
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        """The derived key (computed once: this signer holds a single key)."""
+        return self._derived
+
+
 def _signer(key: bytes) -> Signer:
-    return Signer(key, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+    return _Signer(key)
 
 
 class CookieCodec:
@@ -70,6 +83,7 @@ class CookieCodec:
         self._fallbacks = [
             _signer(_key(key, f"fallback_keys[{n}]")) for n, key in enumerate(fallback_keys)
         ]
+        self._verified = functools.lru_cache(maxsize=16_384)(self._check)
 
     def sign(self, session_id: str, issued: int) -> str:
         """The cookie value for ``session_id`` issued at ``issued`` (epoch seconds)."""
@@ -81,12 +95,23 @@ class CookieCodec:
         ``max_age`` seconds (absolute, from its issue)."""
         if len(value) > _LONGEST or value.count(".") != 2:
             return None
+        try:
+            cookie = self._verified(value)
+        except _Refused:
+            return None
+        # A cookie from the future (beyond a day of clock skew) was not issued by us.
+        if not now - max_age < cookie.issued <= now + 86_400:
+            return None
+        return cookie
+
+    def _check(self, value: str) -> VisitorCookie:
+        # Cached per value (a returning visitor's cookie is checked once per process);
+        # refusals raise, so that they are not cached and garbage cannot evict anything.
         raw = value.encode("ascii", "replace")
         stale = False
         try:
             payload = self._newest.unsign(raw)
         except BadSignature:
-            payload = None
             for signer in self._fallbacks:
                 try:
                     payload = signer.unsign(raw)
@@ -94,19 +119,20 @@ class CookieCodec:
                     continue
                 stale = True
                 break
-        if payload is None:
-            return None
+            else:
+                raise _Refused from None
         session_id, _, issued_text = payload.decode().partition(".")
         if not _SESSION_ID.fullmatch(session_id):
-            return None
+            raise _Refused
         try:
             issued = int(issued_text, 36)
         except ValueError:
-            return None
-        # A cookie from the future (beyond a day of clock skew) was not issued by us.
-        if not now - max_age < issued <= now + 86_400:
-            return None
+            raise _Refused from None
         return VisitorCookie(session_id, issued, stale)
+
+
+class _Refused(Exception):
+    """Not a cookie of ours."""
 
 
 def _base36(number: int) -> str:

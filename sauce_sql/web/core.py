@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from types import MappingProxyType
 
 from sauce_sql import validation
@@ -56,10 +57,6 @@ DEFAULT_COOKIE_MAX_AGE = 395 * 86_400
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 
 
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass(frozen=True)
 class WebConfig:
     """The middleware's options, validated when built (see ``SauceMiddleware``)."""
@@ -91,8 +88,9 @@ class WebConfig:
 
     def now(self) -> float:
         """Seconds since the epoch, from the clock option or the system's."""
-        clock = self.clock or _utc_now
-        return validation.aware_utc(clock(), "the clock's datetime").timestamp()
+        if self.clock is None:
+            return time.time()
+        return validation.aware_utc(self.clock(), "the clock's datetime").timestamp()
 
 
 @dataclass(frozen=True)
@@ -117,14 +115,14 @@ class WebStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._skipped: Counter[str] = Counter()
+        self._skipped: Counter[Skip] = Counter()
         self.views = self.events = self.failures = self.dropped = 0
         self.available = True
 
     def skip(self, reason: Skip) -> None:
         """Count a request skipped for ``reason``."""
         with self._lock:
-            self._skipped[reason.value] += 1
+            self._skipped[reason] += 1
 
     def add(self, *, views: int = 0, events: int = 0) -> None:
         """Count what a request tracked."""
@@ -135,7 +133,7 @@ class WebStats:
     def snapshot(self) -> WebState:
         """The counts now."""
         with self._lock:
-            skipped = MappingProxyType(dict(self._skipped))
+            skipped = MappingProxyType({str(k): n for k, n in self._skipped.items()})
             return WebState(
                 self.views, self.events, skipped, self.failures, self.dropped, self.available
             )

@@ -54,6 +54,7 @@ DEFAULT_STATIC_EXTENSIONS = (
     ".woff", ".woff2", ".ttf", ".otf", ".eot",
     ".mp4", ".webm", ".mp3", ".ogg", ".wav", ".pdf", ".zip", ".gz", ".wasm",
 )  # fmt: skip
+_AGENT_SKIPS = {"bot": Skip.BOT, "probe": Skip.PROBE, "headless": Skip.HEADLESS}
 _SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS", "CONNECT", "TRACE"})
 _PREFETCH = ("prefetch", "prerender")
 
@@ -94,11 +95,8 @@ class Rules:
         if lower.startswith(self.probe_paths):
             return Skip.PROBE
         kind = agent_kind(headers.get("user-agent", "")[:512])
-        if kind == "headless":
-            if self.skip_headless:
-                return Skip.HEADLESS
-        elif kind is not None:
-            return Skip(kind)
+        if kind is not None and (kind != "headless" or self.skip_headless):
+            return _AGENT_SKIPS[kind]
         purpose = headers.get("sec-purpose") or headers.get("purpose") or headers.get("x-moz")
         if purpose is not None and purpose.lower().startswith(_PREFETCH):
             return Skip.PREFETCH
