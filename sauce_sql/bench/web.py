@@ -18,9 +18,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sauce_sql.bench import workloads as work
+from sauce_sql.bench.clients import Operation
 from sauce_sql.store import Store
 
 __all__ = ["format_web", "run_web"]
@@ -104,9 +105,8 @@ def run_web(directory: str | None = None, rounds: int = 10, per_round: int = 400
         store = Store(f"sqlite:///{Path(tmp) / 'web.db'}", clean_interval=None).start()
         counting = _CountingStore(store)
         try:
-            app = SauceMiddleware(
-                _bare, store=counting, secret_key="bench secret key, 32 bytes long"
-            )  # type: ignore[arg-type]
+            secret = "bench secret key, 32 bytes long"
+            app = SauceMiddleware(_bare, store=cast(Store, counting), secret_key=secret)
             crawler_index()  # built once per process, at the first check
             first = _environ(USER_AGENT=CHROME.format(0, 0))
             # Returning visitors: one cookie each, their sessions live in the store.
@@ -151,7 +151,7 @@ def run_web(directory: str | None = None, rounds: int = 10, per_round: int = 400
                 "static": _environ("/static/app.css", USER_AGENT=CHROME.format(0, 0)),
                 "prefetch": _environ(USER_AGENT=CHROME.format(0, 0), SEC_PURPOSE="prefetch"),
             }
-            skip_ops: dict[str, work.Operation] = {"bare": bare}
+            skip_ops: dict[str, Operation] = {"bare": bare}
             for name, environ in skipped_requests.items():
                 skip_ops[name] = lambda _, environ=environ: _call(app, dict(environ))
             calls_before = counting.calls
