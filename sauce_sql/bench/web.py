@@ -12,6 +12,7 @@ human user agents it has not seen: the index against the list's own ``is_crawler
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 import tempfile
@@ -68,6 +69,10 @@ class _CountingStore:
             return attribute(*args, **kwargs)
 
         return counted
+
+
+def _skipped(app: Any, environ: dict[str, Any], _: str) -> None:
+    _call(app, dict(environ))
 
 
 def _cookie_of(app: Any, environ: dict[str, Any]) -> str:
@@ -153,7 +158,7 @@ def run_web(directory: str | None = None, rounds: int = 10, per_round: int = 400
             }
             skip_ops: dict[str, Operation] = {"bare": bare}
             for name, environ in skipped_requests.items():
-                skip_ops[name] = lambda _, environ=environ: _call(app, dict(environ))
+                skip_ops[name] = functools.partial(_skipped, app, environ)
             calls_before = counting.calls
             skips = work.interleaved(skip_ops, ids, rounds=rounds, per_round=per_round)
             skip_calls = counting.calls - calls_before
