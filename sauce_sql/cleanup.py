@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Protocol
@@ -14,28 +14,25 @@ from typing import Protocol
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sauce_sql.connections import Executor
+from sauce_sql.backends import backend_for
+from sauce_sql.backends.base import Result
+from sauce_sql.ops import CHECKPOINT, Operation, Step
 from sauce_sql.prepared import Prepared
 
 __all__ = [
-    "BATCH_SECONDS",
     "MAX_BATCH_ROWS",
     "MAX_FRUITLESS",
     "MIN_BATCH_ROWS",
     "START_BATCH_ROWS",
     "Cleaner",
     "CleanupStatements",
+    "StopSignal",
     "cleanup_round",
     "delete_expired",
 ]
 
 logger = logging.getLogger("sauce_sql.cleanup")
 
-#: How long one DELETE batch should take, per dialect. On SQLite a batch holds the
-#: database's one write lock, so every writer waits behind it: a few milliseconds.
-#: On PostgreSQL writers of live rows do not wait for it, but each batch is a commit
-#: (a WAL flush) of its own, so batches may be larger.
-BATCH_SECONDS = {"sqlite": 0.008, "postgresql": 0.02}
 #: The first batch's size (a few ms on SQLite on a laptop); later ones adapt to the
 #: time budget within the bounds.
 START_BATCH_ROWS = 1000
@@ -66,7 +63,7 @@ def cleanup_round(engine: Engine, table_name: str) -> Iterator[bool]:
     every process cleans, which is safe, only wasted work. SQLite: always (the write
     lock orders cleanups between processes).
     """
-    if engine.dialect.name != "postgresql":
+    if not backend_for(engine.dialect.name).server:
         yield True
         return
     key = zlib.crc32(f"sauce_sql:cleanup:{table_name}".encode())
@@ -92,29 +89,36 @@ def cleanup_round(engine: Engine, table_name: str) -> Iterator[bool]:
             transaction.rollback()
 
 
+class StopSignal(Protocol):
+    """What tells a cleanup to end between batches (a threading or asyncio Event)."""
+
+    def is_set(self) -> bool:
+        """Whether the cleanup should end now."""
+
+
 def delete_expired(
-    executor: Executor,
     statements: CleanupStatements,
     now: datetime,
     *,
+    dialect_name: str,
     count: Callable[[int], None] | None = None,
-    stop: threading.Event | None = None,
-) -> int:
+    stop: StopSignal | None = None,
+) -> Operation[int]:
     """Delete every row expired at ``now``, batch by batch; return how many went.
 
     ``count`` is told each batch's deletions as they commit; ``stop``, once set, ends
     the cleanup between batches (so that closing a store need not wait for a backlog).
 
-    Each batch is sized from the last one's rate so that it takes about
-    :data:`BATCH_SECONDS`: row counts alone would hold the lock for very different
-    times on a fast disk and a slow one, a small table and a huge one.
+    Each batch is sized from the last one's rate so that it takes about the backend's
+    ``batch_seconds``: row counts alone would hold the lock for very different times
+    on a fast disk and a slow one, a small table and a huge one.
     """
-    budget = BATCH_SECONDS.get(executor.dialect.name, 0.02)
-    batch = _sqlite_batch if executor.dialect.name == "sqlite" else _batch
+    backend = backend_for(dialect_name)
+    batch = _bounded_batch if backend.bounded_batches else _batch
     rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0, 0
     while True:
         started = time.perf_counter()
-        done, last = batch(executor, statements, now, rows)
+        done, last = yield from batch(statements, now, rows)
         elapsed = time.perf_counter() - started
         deleted += done
         if count is not None:
@@ -122,44 +126,46 @@ def delete_expired(
         # Deleting writes many pages to the log: have the store's thread fold them
         # into the database beside the writers and the next batch, rather than some
         # writer's commit or this loop.
-        executor.checkpoint_soon()
+        yield CHECKPOINT
         # Batches that keep deleting nothing while expired rows are seen (a trigger
         # cancelling deletes, say) would loop for ever: the next cleanup tries again.
         fruitless = fruitless + 1 if done == 0 else 0
         if last or fruitless >= MAX_FRUITLESS or (stop is not None and stop.is_set()):
             return deleted
         # At most double per step, so one lucky fast batch cannot make the next one huge.
-        fitting = int(max(done, 1) * budget / max(elapsed, 1e-6))
+        fitting = int(max(done, 1) * backend.batch_seconds / max(elapsed, 1e-6))
         rows = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, 2 * rows, fitting))
 
 
 def _batch(
-    executor: Executor, statements: CleanupStatements, now: datetime, rows: int
-) -> tuple[int, bool]:
-    _, count = executor.write(statements.delete_expired_batch, {"now": now, "batch": rows})
+    statements: CleanupStatements, now: datetime, rows: int
+) -> Generator[Step, Result, tuple[int, bool]]:
+    values = {"now": now, "batch": rows}
+    _, count = yield Step(statements.delete_expired_batch, values, write=True, slow=True)
     if count == rows:
         return count, False
     # A short batch is not proof that the end was reached: rows it picked may have
     # been revived meanwhile, or deleted by another process's cleanup (which may
     # itself stop on a short batch). Only an empty look ends the cleanup.
-    left, _ = executor.read(statements.expired_bound, {"now": now, "batch": 0})
+    left, _ = yield Step(statements.expired_bound, {"now": now, "batch": 0})
     return count, not left
 
 
-def _sqlite_batch(
-    executor: Executor, statements: CleanupStatements, now: datetime, rows: int
-) -> tuple[int, bool]:
+def _bounded_batch(
+    statements: CleanupStatements, now: datetime, rows: int
+) -> Generator[Step, Result, tuple[int, bool]]:
     # Where the batch ends is read first, beside the writers; the delete is then one
     # range of the index. A row revived in between expires after now, past the bound.
-    found, _ = executor.read(statements.expired_bound, {"now": now, "batch": rows - 1})
+    found, _ = yield Step(statements.expired_bound, {"now": now, "batch": rows - 1})
     if not found:
         # Fewer than a batch left: one DELETE takes them all (writers are serialised,
         # and no row becomes expired as of a past moment).
-        _, count = executor.write(statements.delete_expired_batch, {"now": now, "batch": rows})
+        values = {"now": now, "batch": rows}
+        _, count = yield Step(statements.delete_expired_batch, values, write=True, slow=True)
         return count, True
     bound_at, bound_id = found[0]
     values = {"bound_at": bound_at, "bound_id": bound_id}
-    _, count = executor.write(statements.delete_expired_upto, values)
+    _, count = yield Step(statements.delete_expired_upto, values, write=True, slow=True)
     return count, False
 
 

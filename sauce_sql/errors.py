@@ -11,7 +11,8 @@ The hierarchy::
         └── SchemaConflict  (the store's table is not one it can use; not an outage)
 
 Driver and SQLAlchemy errors never leave the store bare: the store translates them at
-one boundary: :class:`sauce_sql.connections.Executor` (and, for schema work, ``Store.start``).
+one boundary: :meth:`sauce_sql.backends.base.HeldConnections.execute` (and, for
+schema work, ``Store.start``).
 """
 
 from __future__ import annotations

@@ -3,69 +3,33 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
-from typing import Any
 
 from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
-from sauce_sql import sharing, statements, validation
-from sauce_sql.cleanup import Cleaner, cleanup_round, delete_expired
-from sauce_sql.clocks import ServerClock, utc_now
+from sauce_sql import backends, ops
+from sauce_sql.backends import SyncExecutor
+from sauce_sql.cleanup import Cleaner, cleanup_round
+from sauce_sql.clocks import ServerClock
 from sauce_sql.config import StoreConfig
-from sauce_sql.connections import Executor
+from sauce_sql.core import PreparedStatements, StoreCore
 from sauce_sql.engine import (
-    URL_SHOWN,
     check_application_engine,
     create_store_engine,
     is_memory,
     parse_url,
 )
-from sauce_sql.errors import (
-    InvalidInput,
-    SauceSQLError,
-    SessionExists,
-    SessionNotFound,
-    StoreUnavailable,
-    unavailable,
-)
-from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
-from sauce_sql.prepared import Prepared, row_reader
-from sauce_sql.redact import safe_url, shown
+from sauce_sql.errors import InvalidInput, SauceSQLError, unavailable
+from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType
 from sauce_sql.schema import sessions_table
 
 __all__ = ["Store"]
 
 
-class _Prepared:
-    """The store's statements compiled for its dialect, and the row reader."""
-
-    def __init__(self, engine: Engine, table_name: str) -> None:
-        table = sessions_table(table_name)
-        built = statements.build(table, engine.dialect.name)
-        for field in fields(built):
-            names = built.PARAMETERS[field.name]
-            setattr(self, field.name, Prepared(getattr(built, field.name), engine.dialect, names))
-        self.read_row = row_reader(list(table.c), engine.dialect)
-
-    select_live: Prepared
-    exists_live: Prepared
-    increment_view: Prepared
-    increment_event: Prepared
-    assign_user: Prepared
-    create: Prepared
-    revive: Prepared
-    revive_if_expired: Prepared
-    delete_expired_batch: Prepared
-    expired_bound: Prepared
-    delete_expired_upto: Prepared
-
-
-class Store:
+class Store(StoreCore):
     """Analytics sessions kept in a SQL table; safe to share between threads.
 
     >>> with Store("sqlite://") as store:
@@ -93,15 +57,17 @@ class Store:
         max_connections: int = 10,
         max_idle_connections: int | None = None,
     ) -> None:
-        self._config = StoreConfig.create(
-            table_name=table_name,
-            session_max_age=session_max_age,
-            clean_interval=clean_interval,
-            clock=clock,
-            durability=durability,
-            timeout=timeout,
-            max_connections=max_connections,
-            max_idle_connections=max_idle_connections,
+        super().__init__(
+            StoreConfig.create(
+                table_name=table_name,
+                session_max_age=session_max_age,
+                clean_interval=clean_interval,
+                clock=clock,
+                durability=durability,
+                timeout=timeout,
+                max_connections=max_connections,
+                max_idle_connections=max_idle_connections,
+            )
         )
         if engine is not None and url is not None:
             raise InvalidInput("give either url or engine, not both")
@@ -115,20 +81,10 @@ class Store:
                 parse_url(url), durability=durability, timeout=self._config.timeout
             )
             self._owns_engine = True
-        self._max_age = timedelta(seconds=self._config.session_max_age)
-        self._clock = self._config.clock
-        # Where now comes from without an injected clock: set by start().
-        self._system_clock: Callable[[], datetime] = utc_now
-        self._url = safe_url(self._engine.url)
-        self._describe = safe_url(self._engine.url, limit=URL_SHOWN)
+        self._describe_database(self._engine.url, self._engine.dialect.name)
         self._lifecycle = threading.Lock()
-        self._executor: Executor | None = None
-        self._prepared: _Prepared | None = None
+        self._executor: SyncExecutor | None = None
         self._cleaner: Cleaner | None = None
-        self._cleanup_lock = threading.Lock()
-        self._last_cleanup_at: datetime | None = None
-        self._last_cleanup_deleted: int | None = None
-        self._total_cleaned = 0
 
     @property
     def engine(self) -> Engine:
@@ -148,11 +104,11 @@ class Store:
 
             try:
                 self._create_schema()
-                self._prepared = _Prepared(self._engine, self._config.table_name)
+                self._prepared = PreparedStatements(self._engine.dialect, self._config.table_name)
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._describe} is unavailable", exc) from exc
             config = self._config
-            self._executor = sharing.acquire(
+            executor = backends.acquire(
                 self._engine,
                 shareable=self._owns_engine,
                 durability=config.durability,
@@ -161,16 +117,16 @@ class Store:
                 max_connections=config.max_connections,
                 max_idle_connections=config.max_idle_connections,
             )
-            if self._engine.dialect.name == "postgresql":
+            if backends.backend_for(self._engine.dialect.name).server:
                 # One clock for every app server: the database server's (clocks.py).
-                server_clock = ServerClock(self._executor.server_now)
+                server_clock = ServerClock(executor.server_now)
                 try:
                     server_clock.sync()
                 except BaseException:
-                    sharing.release(self._executor)
-                    self._executor = None
+                    backends.release(executor)
                     raise
                 self._system_clock = server_clock
+            self._executor = executor
             if self._config.clean_interval is not None:
                 self._cleaner = Cleaner(
                     lambda stop: self._delete_expired(self._now(), stop),
@@ -188,7 +144,7 @@ class Store:
                 cleaner.stop()
             executor, self._executor = self._executor, None
             if executor is not None:
-                sharing.release(executor)
+                backends.release(executor)
             if self._owns_engine:
                 self._engine.dispose()
 
@@ -215,21 +171,17 @@ class Store:
             if not migrate.is_current(self._engine, self._config.table_name):
                 migrate.upgrade(self._engine, self._config.table_name)
 
-    # -- operations -----------------------------------------------------------------
+    def _started(self) -> SyncExecutor:
+        executor = self._executor
+        if executor is None:
+            raise SauceSQLError(self._NOT_STARTED)
+        return executor
 
-    def _started(self) -> tuple[Executor, _Prepared]:
-        executor, prepared = self._executor, self._prepared
-        if executor is None or prepared is None:
-            raise SauceSQLError("the store is not started: call start() or use `with Store(...)`")
-        return executor, prepared
+    def _cleaner_running(self) -> bool:
+        cleaner = self._cleaner
+        return cleaner is not None and cleaner.running
 
-    def _now(self) -> datetime:
-        if self._clock is None:
-            return self._system_clock()
-        return validation.aware_utc(self._clock(), "the clock's datetime")
-
-    def _session(self, prepared: _Prepared, row: Any) -> AnalyticsSession:
-        return AnalyticsSession(*prepared.read_row(row))
+    # -- operations: each the AsyncStore's twin without the awaits (test_parity.py) --
 
     def new_session(
         self,
@@ -243,160 +195,68 @@ class Store:
 
         Raises SessionExists if a live session has the id; an expired one is replaced.
         """
-        sid = uuid.uuid4().hex if session_id is None else validation.session_id(session_id)
-        values = self._write_values(sid, user_agent, client_ip, user_id)
-        executor, prepared = self._started()
-        rows, _ = executor.write(prepared.create, values)
-        if not rows:
-            raise SessionExists(sid)
-        return self._session(prepared, rows[0])
+        values = self._creation(session_id, user_agent, client_ip, user_id)
+        rows, _ = self._started().write(self._statements().create, values)
+        return self._created(rows, values)
 
     def lookup_session(self, session_id: str) -> AnalyticsSession | None:
         """The live session with this id, or None."""
-        sid = validation.session_id(session_id)
-        executor, prepared = self._started()
-        values = {"sid": sid, "now": self._now()}
-        rows, _ = executor.read(prepared.select_live, values)
-        return self._session(prepared, rows[0]) if rows else None
+        values = self._live_query(session_id)
+        rows, _ = self._started().read(self._statements().select_live, values)
+        return self._found(rows)
 
     def session_exists(self, session_id: str) -> bool:
         """Whether a live session has this id."""
-        sid = validation.session_id(session_id)
-        executor, prepared = self._started()
-        values = {"sid": sid, "now": self._now()}
-        rows, _ = executor.read(prepared.exists_live, values)
+        values = self._live_query(session_id)
+        rows, _ = self._started().read(self._statements().exists_live, values)
         return bool(rows)
 
     def inc_sequence(self, session_id: str, type: SequenceType | str) -> int:  # noqa: A002
         """Atomically add 1 to the session's view or event counter; return the new value."""
-        sid = validation.session_id(session_id)
-        column = validation.sequence_column(type)
-        executor, prepared = self._started()
-        now = self._now()
-        if column == "view_sequence":
-            statement = prepared.increment_view
-        else:
-            statement = prepared.increment_event
-        values = {"sid": sid, "now": now, "expires": validation.expiry(now, self._max_age)}
-        rows, _ = executor.write(statement, values)
-        if not rows:
-            raise SessionNotFound(sid)
-        return int(rows[0][0])
+        statement, values = self._increment(session_id, type)
+        rows, _ = self._started().write(statement, values)
+        return self._incremented(rows, values)
 
     def assign_user(self, session_id: str, user_id: str | None) -> None:
         """Set (or with None, clear) the session's user."""
-        sid = validation.session_id(session_id)
-        uid = validation.user_id(user_id)
-        executor, prepared = self._started()
-        now = self._now()
-        values = {
-            "sid": sid,
-            "uid": uid,
-            "now": now,
-            "expires": validation.expiry(now, self._max_age),
-        }
-        rows, _ = executor.write(prepared.assign_user, values)
-        if not rows:
-            raise SessionNotFound(sid)
+        values = self._assignment(session_id, user_id)
+        rows, _ = self._started().write(self._statements().assign_user, values)
+        self._assigned(rows, values)
 
     def revive_session(self, revive: ReviveSession) -> AnalyticsSession:
         """Make the session live under the client's id, keeping any counters it had."""
         values = self._revive_values(revive)
-        executor, prepared = self._started()
-        rows, _ = executor.write(prepared.revive, values)
-        return self._session(prepared, rows[0])
+        rows, _ = self._started().write(self._statements().revive, values)
+        return self._session(rows[0])
 
     def maybe_revive_session(self, revive: ReviveSession) -> AnalyticsSession:
         """The live session unchanged if there is one, else ``revive_session(revive)``.
 
-        Safe to race: the revival only writes over a row that is still expired, so
-        concurrent callers end with one row and each gets the live session.
+        Safe to race: concurrent callers end with one row and each gets the live session.
         """
         values = self._revive_values(revive)
-        executor, prepared = self._started()
-        # Two rounds at most are ever needed; the third guards against a row deleted
-        # by a cleanup whose clock runs ahead of ours between our two statements.
-        for _ in range(3):
-            rows, _ = executor.read(prepared.select_live, values)
-            if rows:
-                return self._session(prepared, rows[0])
-            rows, _ = executor.write(prepared.revive_if_expired, values)
-            if rows:
-                return self._session(prepared, rows[0])
-        raise StoreUnavailable(f"session {shown(revive.session_id)} kept changing under revival")
+        operation = self._maybe_revive(values)
+        return self._revived(ops.run(self._started(), operation), values)
 
     def cleanup(self, now: datetime | None = None) -> int:
         """Delete every session expired at ``now`` (default: the clock's now), in
         bounded batches; return how many were deleted."""
-        moment = self._now() if now is None else validation.aware_utc(now, "now")
-        return self._delete_expired(moment, stop=None)
+        return self._delete_expired(self._cleanup_moment(now), stop=None)
 
     def _delete_expired(self, moment: datetime, stop: threading.Event | None) -> int:
-        executor, prepared = self._started()
-
-        done = [0]
-
-        def count(deleted: int) -> None:
-            done[0] += deleted
-
+        executor = self._started()
+        operation, done = self._cleanup_operation(moment, stop)
         try:
             if stop is None:
                 # Called: it deletes every expired row, as promised.
-                deleted = delete_expired(executor, prepared, moment, count=count)
+                deleted = ops.run(executor, operation)
             else:
                 # The background cleaner: when another app server's cleaner is in the
                 # middle of a round, this one skips its own.
                 with cleanup_round(self._engine, self._config.table_name) as ours:
-                    deleted = (
-                        delete_expired(executor, prepared, moment, count=count, stop=stop)
-                        if ours
-                        else 0
-                    )
+                    deleted = ops.run(executor, operation) if ours else 0
         except BaseException:
             # The batches before the failing one did delete rows: count them.
-            with self._cleanup_lock:
-                self._total_cleaned += done[0]
+            self._count_cleaned(done[0])
             raise
-        with self._cleanup_lock:
-            self._last_cleanup_at = moment
-            self._last_cleanup_deleted = deleted
-            self._total_cleaned += deleted
-        return deleted
-
-    def get_state(self) -> StoreState:
-        """The store's configuration and what its cleanups did; works at any time."""
-        cleaner = self._cleaner
-        with self._cleanup_lock:
-            return StoreState(
-                url=self._url,
-                dialect=self._engine.dialect.name,
-                table_name=self._config.table_name,
-                session_max_age=self._config.session_max_age,
-                clean_interval=self._config.clean_interval,
-                cleaner_running=cleaner is not None and cleaner.running,
-                last_cleanup_at=self._last_cleanup_at,
-                last_cleanup_deleted=self._last_cleanup_deleted,
-                total_cleaned=self._total_cleaned,
-            )
-
-    # -- argument checks ------------------------------------------------------------
-
-    def _write_values(
-        self, sid: str, user_agent: object, client_ip: object, user_id: object
-    ) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            "sid": sid,
-            "ua": validation.user_agent(user_agent),
-            "ip": validation.client_ip(client_ip),
-            "uid": validation.user_id(user_id),
-        }
-        now = self._now()
-        values["now"] = now
-        values["expires"] = validation.expiry(now, self._max_age)
-        return values
-
-    def _revive_values(self, revive: object) -> dict[str, Any]:
-        if not isinstance(revive, ReviveSession):
-            raise TypeError(f"expected a ReviveSession, not {type(revive).__name__}")
-        sid = validation.session_id(revive.session_id)
-        return self._write_values(sid, revive.user_agent, revive.client_ip, revive.user_id)
+        return self._cleaned(moment, deleted)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from _support import alarm, wait_for
 
-from sauce_sql.budget import BudgetSpent, ConnectionBudget
+from sauce_sql.backends.postgresql.budget import BudgetSpent, ConnectionBudget
 
 WAIT = 10.0  # seconds; only reached when something is broken
 

@@ -13,8 +13,9 @@ import pytest
 from _support import admin, libpq_dsn, wait_for
 from conftest import PG_URL, Backend, FakeClock, StoreFactory, make_backend
 
-from sauce_sql import ReviveSession, Store, cleanup
-from sauce_sql.connections import Result
+from sauce_sql import ReviveSession, Store, cleanup, ops
+from sauce_sql.backends import backend_for
+from sauce_sql.backends.base import Result
 from sauce_sql.prepared import Prepared
 
 WAIT = 10.0  # seconds; only reached when something is broken
@@ -110,13 +111,14 @@ def test_batch_size_follows_the_time_budget(
     monkeypatch.setattr("sauce_sql.cleanup.time.perf_counter", lambda: now[0])
     executor = _FakeExecutor(500_000, seconds_per_row, now)
     statements = SimpleNamespace(delete_expired_batch=None, expired_bound=None)
-    deleted = cleanup.delete_expired(executor, statements, None)  # type: ignore[arg-type]
+    operation = cleanup.delete_expired(statements, None, dialect_name="postgresql")  # type: ignore[arg-type]
+    deleted = ops.run(executor, operation)  # type: ignore[arg-type]
     assert deleted == 500_000
     sizes = executor.batches
     assert sizes[0] == cleanup.START_BATCH_ROWS
     assert all(cleanup.MIN_BATCH_ROWS <= s <= cleanup.MAX_BATCH_ROWS for s in sizes)
     assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
-    budget = cleanup.BATCH_SECONDS["postgresql"]
+    budget = backend_for("postgresql").batch_seconds
     settled = max(
         cleanup.MIN_BATCH_ROWS, min(cleanup.MAX_BATCH_ROWS, int(budget / seconds_per_row))
     )

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from conftest import FakeClock, StoreFactory, drop_tables
 
 from sauce_sql import Store, StoreUnavailable
-from sauce_sql.connections import MAX_IDLE, Executor, Result
+from sauce_sql.backends.base import Result
+from sauce_sql.backends.sqlite.executor import MAX_IDLE, SQLiteExecutor
 from sauce_sql.prepared import Prepared, utc_passthrough
 
 WAIT = 10.0  # seconds; only reached when something is broken
@@ -48,7 +49,7 @@ class Gate:
 class Counters:
     """An executor over a table of named counters that must stay >= 0."""
 
-    def __init__(self, engine: sa.Engine, executor: Executor) -> None:
+    def __init__(self, engine: sa.Engine, executor: SQLiteExecutor) -> None:
         self.engine, self.executor = engine, executor
         table = sa.table("counters", sa.column("k", sa.String()), sa.column("n", sa.Integer()))
         key = sa.func.gate(sa.bindparam("k", type_=sa.String()))
@@ -101,13 +102,13 @@ def _counters(kind: str, durability: str, tmp_path: Path) -> Iterator[tuple[Coun
             "BEGIN SELECT RAISE(ROLLBACK, 'poisoned'); END"
         )
         connection.exec_driver_sql("INSERT INTO counters VALUES ('poison', 0)")
-    executor = Executor(engine, durability=durability, describe=url)
+    executor = SQLiteExecutor(engine, durability=durability, describe=url)
     yield Counters(engine, executor), gate
     executor.close()
     engine.dispose()
 
 
-def _queued(executor: Executor) -> int:
+def _queued(executor: SQLiteExecutor) -> int:
     """Writes waiting in the queue, and the one being led."""
     group = executor.group_commit
     return len(group._queue) + (group._leader is not None)
@@ -212,7 +213,7 @@ def test_many_threads_lose_no_write(any_counters: tuple[Counters, Gate]) -> None
 def test_readers_reuse_a_bounded_set_of_connections(tmp_path: Path) -> None:
     """Reads from many threads hold no more idle connections than the bound."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
-    executor = Executor(engine, durability="normal", describe="r.db")
+    executor = SQLiteExecutor(engine, durability="normal", describe="r.db")
     one = Prepared(sa.select(sa.literal_column("1")), engine.dialect, ())
     barrier = threading.Barrier(MAX_IDLE + 4)
 
@@ -228,9 +229,9 @@ def test_readers_reuse_a_bounded_set_of_connections(tmp_path: Path) -> None:
     assert len(executor._idle) <= MAX_IDLE
     for _ in range(100):
         executor.read(one, {})
-    assert len(executor._held) <= MAX_IDLE
+    assert len(executor.held) <= MAX_IDLE
     executor.close()
-    assert not executor._held
+    assert not executor.held
     engine.dispose()
 
 
@@ -260,7 +261,7 @@ def test_store_threads_get_consecutive_counts(make_store: StoreFactory) -> None:
 def test_checkpoint_folds_the_log_in_beside_the_writer(tmp_path: Path) -> None:
     """checkpoint() copies the committed pages of the log into the database file."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
-    executor = Executor(engine, durability="normal", describe="w.db")
+    executor = SQLiteExecutor(engine, durability="normal", describe="w.db")
     table = sa.table("t", sa.column("x", sa.String()))
     insert = Prepared(sa.insert(table).values(x=sa.bindparam("x")), engine.dialect, ("x",))
     with engine.begin() as connection:

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from _support import wait_for
 
-from sauce_sql import floor as floor_module
-from sauce_sql.floor import WriteFloor
+from sauce_sql.backends.sqlite import floor as floor_module
+from sauce_sql.backends.sqlite.floor import WriteFloor
 
 WAIT = 10.0  # seconds; only reached when something is broken
 

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from _support import run_children
 
-from sauce_sql import Store, StoreUnavailable, connections, engine
+from sauce_sql import Store, StoreUnavailable, engine
+from sauce_sql.backends.sqlite import executor as sqlite_executor
 
 pytestmark = pytest.mark.slow
 
@@ -141,7 +142,7 @@ def test_a_long_line_does_not_poll(tmp_path: Path, durability: str) -> None:
         for thread in threads:
             thread.join(TIMEOUT)
         executor = s._executor
-        assert executor is not None
+        assert isinstance(executor, sqlite_executor.SQLiteExecutor)
         total = sum(
             session.view_sequence
             for n in range(threads_count)
@@ -161,7 +162,7 @@ def test_each_write_waits_for_a_lock_held_elsewhere_once(
     StoreUnavailable after about one busy timeout, not one timeout per writer ahead
     of them in line."""
     monkeypatch.setattr(engine, "BUSY_TIMEOUT_MS", 1000)
-    monkeypatch.setattr(connections, "BUSY_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(sqlite_executor, "BUSY_TIMEOUT_MS", 1000)
     path = tmp_path / "locked.db"
     with Store(f"sqlite:///{path}", clean_interval=None, durability=durability) as store:
         for n in range(8):

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sauce_sql.backends.sqlite.executor import SQLiteExecutor
 from sauce_sql.bench import workloads as work
 from sauce_sql.bench.clients import OPERATIONS, RawPostgres, RawSQLite, RedisClient, store_ops
 from sauce_sql.bench.report import evaluate, format_report
@@ -159,7 +160,7 @@ def _threads(
     # The write queue's counters tell how many writes each shared commit carried
     # (durability="full"), the floor's how often it passed between threads ("normal").
     executor = store._executor  # noqa: SLF001
-    assert executor is not None
+    assert isinstance(executor, SQLiteExecutor)
     queue, floor = executor.group_commit, executor.floor
     before = (queue.groups, queue.grouped_writes, floor.handoffs)
     contenders = {"store_4": (store_op, 4), "raw_1": (raw_op, 1), "raw_4": (raw_op, 4)}
@@ -224,7 +225,7 @@ def _postgres(url: str, o: BenchOptions) -> dict[str, Any]:
         store.lookup_session(ids[0])
         executor = store._executor  # noqa: SLF001
         assert executor is not None
-        (held,) = executor._held  # noqa: SLF001
+        (held,) = executor.held
         beside = RawPostgres(url, raw_table, max_age=MAX_AGE, connection=held.connection)
         try:
             result["single"] = _single({"store": store_ops(store), "raw": beside.ops()}, ids, o)

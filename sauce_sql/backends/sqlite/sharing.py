@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
 
 from sqlalchemy import Engine
 
-from sauce_sql.connections import Executor
+from sauce_sql.backends.sqlite.executor import SQLiteExecutor
 from sauce_sql.engine import is_memory
 
 __all__ = ["acquire", "release"]
 
 _lock = threading.Lock()
-_shared: dict[tuple[str, str], Executor] = {}
-_users: dict[Executor, int] = {}
-_keys: dict[Executor, tuple[str, str]] = {}
+_shared: dict[tuple[str, str], SQLiteExecutor] = {}
+_users: dict[SQLiteExecutor, int] = {}
+_keys: dict[SQLiteExecutor, tuple[str, str]] = {}
 
 
 def _file_key(engine: Engine, durability: str) -> tuple[str, str] | None:
@@ -36,27 +35,21 @@ def _file_key(engine: Engine, durability: str) -> tuple[str, str] | None:
     return os.path.realpath(url.database or ""), durability
 
 
-def acquire(
-    engine: Engine, *, shareable: bool, durability: str, describe: str, **options: Any
-) -> Executor:
-    """The executor for a store on ``engine``: the file's shared one when ``shareable``.
-
-    ``options`` are the Executor's (PostgreSQL's, so a SQLite file's executor is the
-    same for every store on it whatever they say).
-    """
+def acquire(engine: Engine, *, shareable: bool, durability: str, describe: str) -> SQLiteExecutor:
+    """The executor for a store on ``engine``: the file's shared one when ``shareable``."""
     key = _file_key(engine, durability) if shareable else None
     if key is None:
-        return Executor(engine, durability=durability, describe=describe, **options)
+        return SQLiteExecutor(engine, durability=durability, describe=describe)
     with _lock:
         executor = _shared.get(key)
         if executor is None:
-            executor = Executor(engine, durability=durability, describe=describe, **options)
+            executor = SQLiteExecutor(engine, durability=durability, describe=describe)
             _shared[key], _keys[executor], _users[executor] = executor, key, 0
         _users[executor] += 1
         return executor
 
 
-def release(executor: Executor) -> None:
+def release(executor: SQLiteExecutor) -> None:
     """A store is done with ``executor``; the last user of a shared one closes it."""
     with _lock:
         users = _users.get(executor)

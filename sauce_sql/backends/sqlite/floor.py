@@ -31,7 +31,7 @@ in line, asleep, as with the starvation bound of Go's ``sync.Mutex``:
 
 So no call waits much more than a round of the line, and most writes pass no thread
 handoff at all. With ``durability="full"`` an fsync per commit costs far
-more than a handoff, and :mod:`sauce_sql.group_commit` shares commits instead.
+more than a handoff, and :mod:`sauce_sql.backends.sqlite.group_commit` shares commits instead.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sauce_sql import forks
+from sauce_sql.backends.sqlite import forks
 from sauce_sql.errors import StoreUnavailable
 
 __all__ = ["LEAD_ROUNDS", "MAX_GROUP", "GroupCommitter"]

@@ -94,7 +94,7 @@ class Checkpointer:
                 return
             self._wake.clear()
             try:
-                # Its SQLite work is announced, so a fork waits for it (sauce_sql.forks).
+                # Its SQLite work is announced, so a fork waits for it (forks.py).
                 self._once()
             except Exception:
                 # Best effort: the backstop keeps the log bounded; try again next time.

@@ -1,0 +1,227 @@
+"""What ``Store`` and ``AsyncStore`` share: options, the clock, values, rows to sessions.
+
+Nothing here does I/O. Each store's public method is these steps around one awaited
+(or not) call of its executor, so the two stores differ only by ``await``.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import URL, Dialect
+
+from sauce_sql import ops, statements, validation
+from sauce_sql.cleanup import StopSignal, delete_expired
+from sauce_sql.clocks import utc_now
+from sauce_sql.config import StoreConfig
+from sauce_sql.engine import URL_SHOWN
+from sauce_sql.errors import SauceSQLError, SessionExists, SessionNotFound, StoreUnavailable
+from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
+from sauce_sql.ops import Operation
+from sauce_sql.prepared import Prepared, row_reader
+from sauce_sql.redact import safe_url, shown
+from sauce_sql.schema import sessions_table
+
+__all__ = ["PreparedStatements", "StoreCore"]
+
+
+class PreparedStatements:
+    """The store's statements compiled for its dialect, and the row reader."""
+
+    def __init__(self, dialect: Dialect, table_name: str) -> None:
+        table = sessions_table(table_name)
+        built = statements.build(table, dialect.name)
+        for field in fields(built):
+            names = built.PARAMETERS[field.name]
+            setattr(self, field.name, Prepared(getattr(built, field.name), dialect, names))
+        self.read_row = row_reader(list(table.c), dialect)
+
+    select_live: Prepared
+    exists_live: Prepared
+    increment_view: Prepared
+    increment_event: Prepared
+    assign_user: Prepared
+    create: Prepared
+    revive: Prepared
+    revive_if_expired: Prepared
+    delete_expired_batch: Prepared
+    expired_bound: Prepared
+    delete_expired_upto: Prepared
+
+
+class StoreCore:
+    """The I/O-free half of a store."""
+
+    _NOT_STARTED = "the store is not started: call start() or use `with Store(...)`"
+
+    def __init__(self, config: StoreConfig) -> None:
+        self._config = config
+        self._max_age = timedelta(seconds=config.session_max_age)
+        self._clock = config.clock
+        # Where now comes from without an injected clock: set by start().
+        self._system_clock: Callable[[], datetime] = utc_now
+        self._prepared: PreparedStatements | None = None
+        self._cleanup_lock = threading.Lock()
+        self._last_cleanup_at: datetime | None = None
+        self._last_cleanup_deleted: int | None = None
+        self._total_cleaned = 0
+        self._url = ""
+        self._describe = ""
+        self._dialect_name = ""
+
+    def _describe_database(self, url: URL, dialect_name: str) -> None:
+        self._url = safe_url(url)
+        self._describe = safe_url(url, limit=URL_SHOWN)
+        self._dialect_name = dialect_name
+
+    def _now(self) -> datetime:
+        if self._clock is None:
+            return self._system_clock()
+        return validation.aware_utc(self._clock(), "the clock's datetime")
+
+    def _statements(self) -> PreparedStatements:
+        prepared = self._prepared
+        if prepared is None:
+            raise SauceSQLError(self._NOT_STARTED)
+        return prepared
+
+    # -- values in, sessions out ----------------------------------------------------
+
+    def _creation(
+        self, session_id: str | None, user_agent: object, client_ip: object, user_id: object
+    ) -> dict[str, Any]:
+        sid = uuid.uuid4().hex if session_id is None else validation.session_id(session_id)
+        return self._write_values(sid, user_agent, client_ip, user_id)
+
+    def _created(self, rows: Sequence[Any], values: dict[str, Any]) -> AnalyticsSession:
+        if not rows:
+            raise SessionExists(values["sid"])
+        return self._session(rows[0])
+
+    def _live_query(self, session_id: str) -> dict[str, Any]:
+        return {"sid": validation.session_id(session_id), "now": self._now()}
+
+    def _found(self, rows: Sequence[Any]) -> AnalyticsSession | None:
+        return self._session(rows[0]) if rows else None
+
+    def _increment(
+        self,
+        session_id: str,
+        type: SequenceType | str,  # noqa: A002
+    ) -> tuple[Prepared, dict[str, Any]]:
+        sid = validation.session_id(session_id)
+        column = validation.sequence_column(type)
+        prepared = self._statements()
+        now = self._now()
+        statement = (
+            prepared.increment_view if column == "view_sequence" else prepared.increment_event
+        )
+        return statement, {"sid": sid, "now": now, "expires": validation.expiry(now, self._max_age)}
+
+    def _incremented(self, rows: Sequence[Any], values: dict[str, Any]) -> int:
+        if not rows:
+            raise SessionNotFound(values["sid"])
+        return int(rows[0][0])
+
+    def _assignment(self, session_id: str, user_id: str | None) -> dict[str, Any]:
+        sid = validation.session_id(session_id)
+        uid = validation.user_id(user_id)
+        now = self._now()
+        return {
+            "sid": sid,
+            "uid": uid,
+            "now": now,
+            "expires": validation.expiry(now, self._max_age),
+        }
+
+    def _assigned(self, rows: Sequence[Any], values: dict[str, Any]) -> None:
+        if not rows:
+            raise SessionNotFound(values["sid"])
+
+    def _session(self, row: Any) -> AnalyticsSession:
+        return AnalyticsSession(*self._statements().read_row(row))
+
+    def _write_values(
+        self, sid: str, user_agent: object, client_ip: object, user_id: object
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "sid": sid,
+            "ua": validation.user_agent(user_agent),
+            "ip": validation.client_ip(client_ip),
+            "uid": validation.user_id(user_id),
+        }
+        now = self._now()
+        values["now"] = now
+        values["expires"] = validation.expiry(now, self._max_age)
+        return values
+
+    def _revive_values(self, revive: object) -> dict[str, Any]:
+        if not isinstance(revive, ReviveSession):
+            raise TypeError(f"expected a ReviveSession, not {type(revive).__name__}")
+        sid = validation.session_id(revive.session_id)
+        return self._write_values(sid, revive.user_agent, revive.client_ip, revive.user_id)
+
+    def _maybe_revive(self, values: dict[str, Any]) -> Operation[Any]:
+        prepared = self._statements()
+        return ops.maybe_revive(prepared.select_live, prepared.revive_if_expired, values)
+
+    def _revived(self, row: Any, values: dict[str, Any]) -> AnalyticsSession:
+        if row is None:
+            raise StoreUnavailable(f"session {shown(values['sid'])} kept changing under revival")
+        return self._session(row)
+
+    def _cleanup_moment(self, now: datetime | None) -> datetime:
+        return self._now() if now is None else validation.aware_utc(now, "now")
+
+    def _cleanup_operation(
+        self, moment: datetime, stop: StopSignal | None
+    ) -> tuple[Operation[int], list[int]]:
+        """The cleanup as an operation, and the rows it has deleted so far (kept up to
+        date batch by batch, so that a cleanup that fails later still counts them)."""
+        done = [0]
+
+        def count(deleted: int) -> None:
+            done[0] += deleted
+
+        operation = delete_expired(
+            self._statements(), moment, dialect_name=self._dialect_name, count=count, stop=stop
+        )
+        return operation, done
+
+    # -- cleanup totals and state ---------------------------------------------------
+
+    def _count_cleaned(self, deleted: int) -> None:
+        """Rows that left the table in a cleanup that then failed."""
+        with self._cleanup_lock:
+            self._total_cleaned += deleted
+
+    def _cleaned(self, moment: datetime, deleted: int) -> int:
+        with self._cleanup_lock:
+            self._last_cleanup_at = moment
+            self._last_cleanup_deleted = deleted
+            self._total_cleaned += deleted
+        return deleted
+
+    def _cleaner_running(self) -> bool:
+        raise NotImplementedError
+
+    def get_state(self) -> StoreState:
+        """The store's configuration and what its cleanups did; works at any time."""
+        running = self._cleaner_running()
+        with self._cleanup_lock:
+            return StoreState(
+                url=self._url,
+                dialect=self._dialect_name,
+                table_name=self._config.table_name,
+                session_max_age=self._config.session_max_age,
+                clean_interval=self._config.clean_interval,
+                cleaner_running=running,
+                last_cleanup_at=self._last_cleanup_at,
+                last_cleanup_deleted=self._last_cleanup_deleted,
+                total_cleaned=self._total_cleaned,
+            )

@@ -1,0 +1,103 @@
+"""Operations of several statements, written once for both stores.
+
+Each is a generator that yields the :class:`Step` it needs run and is sent back the
+step's :data:`~sauce_sql.backends.base.Result`; :func:`run` drives one on a
+synchronous executor and :func:`arun` on an asyncio one (as psycopg's
+``generators.py`` and ``waiting.py`` do for its protocol). A step's error is raised
+by the runner, out of the generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sauce_sql.backends.base import AsyncExecutor, Executor, Result
+from sauce_sql.prepared import Prepared
+
+__all__ = ["CHECKPOINT", "Operation", "Step", "arun", "run"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement of an operation.
+
+    ``slow``: it may hold SQLite's write lock for milliseconds (a cleanup batch), so
+    an asyncio store runs it off the event loop even when the lock is free.
+    """
+
+    prepared: Prepared
+    values: Mapping[str, Any]
+    write: bool = False
+    slow: bool = False
+
+
+#: Not a statement: a hint that much was written (see Executor.checkpoint_soon).
+CHECKPOINT = Step(None, {})  # type: ignore[arg-type]
+
+Operation = Generator[Step, Result, T]
+"""An operation: yields steps, is sent their results, returns its own."""
+
+_NOTHING: Result = ([], 0)
+
+
+def run(executor: Executor, operation: Operation[T]) -> T:
+    """Drive ``operation`` on a synchronous executor; return what it returns."""
+    try:
+        step = next(operation)
+        while True:
+            if step is CHECKPOINT:
+                executor.checkpoint_soon()
+                result = _NOTHING
+            elif step.write:
+                result = executor.write(step.prepared, step.values)
+            else:
+                result = executor.read(step.prepared, step.values)
+            step = operation.send(result)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+async def arun(executor: AsyncExecutor, operation: Operation[T]) -> T:
+    """Drive ``operation`` on an asyncio executor; return what it returns."""
+    try:
+        step = next(operation)
+        while True:
+            if step is CHECKPOINT:
+                executor.checkpoint_soon()
+                result = _NOTHING
+            elif step.slow:
+                result = await executor.write_slow(step.prepared, step.values)
+            elif step.write:
+                result = await executor.write(step.prepared, step.values)
+            else:
+                result = await executor.read(step.prepared, step.values)
+            step = operation.send(result)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+def maybe_revive(
+    select_live: Prepared, revive_if_expired: Prepared, values: Mapping[str, Any]
+) -> Operation[Any]:
+    """The live session's row if there is one, else the row revived over an expired
+    one (or created); None if the row kept changing under it.
+
+    Safe to race: the revival only writes over a row that is still expired, so
+    concurrent callers end with one row and each gets the live session.
+    """
+    # Two rounds at most are ever needed; the third guards against a row deleted by a
+    # cleanup whose clock runs ahead of ours between our two statements.
+    for _ in range(3):
+        rows, _ = yield Step(select_live, values)
+        if rows:
+            return rows[0]
+        rows, _ = yield Step(revive_if_expired, values, write=True)
+        if rows:
+            return rows[0]
+    return None
