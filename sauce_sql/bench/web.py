@@ -7,7 +7,8 @@ the figures are the medians' differences. Measured: a returning visitor's page v
 with the user-agent check warm (cached) and cold (a user agent never seen before), a
 new visitor's first view, and skipped requests (bot, probe path, static file,
 prefetch), with the store calls they make counted. Then the crawler check alone on
-human user agents it has not seen: the index against the list's own ``is_crawler``.
+human user agents it has not seen: the index against the list's own ``is_crawler``;
+then the same for ASGI (``web_asgi.py``) when this sauce_sql has an ``AsyncStore``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, cast
 
 from sauce_sql.bench import workloads as work
 from sauce_sql.bench.clients import Operation
+from sauce_sql.bench.web_asgi import run_asgi
 from sauce_sql.store import Store
 
 __all__ = ["format_web", "run_web"]
@@ -188,6 +190,8 @@ def run_web(directory: str | None = None, rounds: int = 10, per_round: int = 400
         "skipped_requests": (rounds + 1) * per_round * len(skipped_requests),
     }
     figures["bot_check"] = _bot_check()
+    with tempfile.TemporaryDirectory(prefix="sauce-sql-bench-asgi-", dir=directory) as tmp:
+        figures["asgi"] = run_asgi(tmp, rounds, per_round)
     return figures
 
 
@@ -249,6 +253,19 @@ def format_web(figures: dict[str, Any]) -> str:
         f"  store calls made by {figures['skipped_requests']} skipped requests: "
         f"{figures['skipped_store_calls']}"
     )
+    asgi = figures["asgi"]
+    if "skipped" in asgi:
+        lines.append(f"ASGI middleware on an AsyncStore: skipped ({asgi['skipped']})")
+    else:
+        lines.append(
+            "ASGI middleware on an AsyncStore (a SQLite WAL file), added over a bare ASGI app:"
+        )
+        for name, label in [*labels.items(), ("bot", "skipped: bot")]:
+            limit = TARGET_SKIP_US if name == "bot" else TARGET_VIEW_US
+            row = asgi[name]
+            ratio = row["added_us"] / limit
+            suffix = "" if name == "new" else f"  <= {limit:.0f} ({ratio:.2f}x)"
+            lines.append(f"  {label:54} {row['added_us']:7.1f} {row['p99_us']:8.1f}{suffix}")
     lines.append(
         f"Crawler check of a human user agent never seen before ({bot['patterns']} patterns):"
         f" {bot['index_us']:.1f} us indexed, {bot['list_is_crawler_us']:.1f} us with the"
