@@ -21,17 +21,10 @@ from typing import Any, Protocol
 from sauce_sql.errors import SauceSQLError
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType
 from sauce_sql.web import plans
-from sauce_sql.web.core import (
-    DEFAULT_COOKIE_MAX_AGE,
-    WANTED_HEADERS,
-    TrackerBase,
-    Visit,
-    WebState,
-    WebStats,
-    begin,
-    configure,
-)
+from sauce_sql.web.core import TrackerBase, Visit, begin
+from sauce_sql.web.options import DEFAULT_COOKIE_MAX_AGE, WANTED_HEADERS, configure
 from sauce_sql.web.rules import DEFAULT_PROBE_PATHS, DEFAULT_STATIC_EXTENSIONS, DEFAULT_STATIC_PATHS
+from sauce_sql.web.stats import WebState, WebStats
 
 __all__ = ["AsyncStoreLike", "SauceMiddleware", "Tracker"]
 

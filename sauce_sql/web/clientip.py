@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sauce_sql.errors import InvalidInput
 
@@ -27,7 +26,6 @@ def _parse(text: str) -> _Address | None:
         return None
 
 
-@dataclass(frozen=True)
 class ClientAddress:
     """How the client's address is found and kept.
 
@@ -41,31 +39,30 @@ class ClientAddress:
     '198.51.100.0'
     """
 
-    mode: str = "masked"
-    trusted_proxies: Sequence[str] = ()
+    __slots__ = ("_networks", "mode")
 
-    def __post_init__(self) -> None:
-        if self.mode not in IP_MODES:
-            raise InvalidInput(f"client_ip must be one of {', '.join(IP_MODES)}, not {self.mode!r}")
-        if isinstance(self.trusted_proxies, str):
+    def __init__(self, mode: str = "masked", trusted_proxies: Sequence[str] = ()) -> None:
+        if mode not in IP_MODES:
+            raise InvalidInput(f"client_ip must be one of {', '.join(IP_MODES)}, not {mode!r}")
+        if isinstance(trusted_proxies, str):
             raise TypeError("trusted_proxies must be a sequence of addresses, not one string")
+        self.mode = mode
         networks: list[_Network] = []
-        for proxy in self.trusted_proxies:
+        for proxy in trusted_proxies:
             try:
                 networks.append(ipaddress.ip_network(proxy, strict=False))
             except ValueError as exc:
                 raise InvalidInput(
                     f"trusted_proxies: {proxy!r} is not an address or network"
                 ) from exc
-        object.__setattr__(self, "_networks", tuple(networks))
+        self._networks = tuple(networks)
 
     def _trusted(self, address: _Address) -> bool:
-        networks: tuple[_Network, ...] = self.__dict__["_networks"]
-        return any(address in network for network in networks)
+        return any(address in network for network in self._networks)
 
     def from_proxy(self, peer: str | None) -> bool:
         """Whether the direct peer is a trusted proxy (so its forwarded headers count)."""
-        if peer is None or not self.trusted_proxies:
+        if peer is None or not self._networks:
             return False
         address = _parse(peer)
         return address is not None and self._trusted(address)

@@ -1,5 +1,5 @@
-"""The visit step both adapters share, with no I/O: options, the per-request visit, the
-tracker's I/O-free half, and the counts of what was tracked and skipped.
+"""The visit step both adapters share, with no I/O: the per-request visit and the
+tracker's I/O-free half (options are in ``options.py``, counts in ``stats.py``).
 
 An adapter calls :func:`begin` with the request, hands the visit's tracker to the app,
 asks :meth:`Visit.respond` for a ``Set-Cookie`` header when the response starts, and
@@ -8,136 +8,16 @@ runs :meth:`Visit.finish` (a plan, see ``plans.py``) once the response has been 
 
 from __future__ import annotations
 
-import math
-import re
-import threading
-import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from types import MappingProxyType
 
 from sauce_sql import validation
-from sauce_sql.errors import InvalidInput
 from sauce_sql.models import ReviveSession
-from sauce_sql.web.clientip import ClientAddress
-from sauce_sql.web.cookie import MAX_LIFETIME, CookieCodec, VisitorCookie, cookie_value
+from sauce_sql.web.cookie import VisitorCookie, cookie_value
 from sauce_sql.web.cookie import set_cookie_header as _set_cookie_header
+from sauce_sql.web.options import WebConfig
 from sauce_sql.web.rules import Rules, Skip
 
-__all__ = [
-    "WANTED_HEADERS",
-    "TrackerBase",
-    "Visit",
-    "WebConfig",
-    "WebState",
-    "WebStats",
-    "begin",
-    "configure",
-]
-
-#: The request headers the visit step reads (lower case); adapters pick only these.
-WANTED_HEADERS = frozenset(
-    {
-        "cookie",
-        "user-agent",
-        "sec-purpose",
-        "purpose",
-        "x-moz",
-        "sec-gpc",
-        "sec-fetch-mode",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-    }
-)
-#: 13 months, the French regulator's limit for consent-exempt audience measurement.
-DEFAULT_COOKIE_MAX_AGE = 395 * 86_400
-_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """The middleware's options, validated when built (see ``SauceMiddleware``)."""
-
-    secret_key: str | bytes
-    fallback_keys: Sequence[str | bytes] = ()
-    cookie_name: str = "sauce"
-    cookie_max_age: float = DEFAULT_COOKIE_MAX_AGE
-    cookie_domain: str | None = None
-    secure: bool | None = None
-    count_views: bool = True
-    client_ip: str = "masked"
-    trusted_proxies: Sequence[str] = ()
-    rules: Rules = field(default_factory=Rules)
-    retry_after: float = 1.0
-    clock: Callable[[], datetime] | None = None
-    codec: CookieCodec = field(init=False, repr=False)
-    address: ClientAddress = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "codec", CookieCodec(self.secret_key, self.fallback_keys))
-        object.__setattr__(self, "address", ClientAddress(self.client_ip, self.trusted_proxies))
-        if not isinstance(self.cookie_name, str) or not _COOKIE_NAME.fullmatch(self.cookie_name):
-            raise InvalidInput(f"cookie_name {self.cookie_name!r} is not a valid cookie name")
-        age = self.cookie_max_age
-        if not isinstance(age, (int, float)) or not 0 < age <= MAX_LIFETIME or math.isnan(age):
-            raise InvalidInput(f"cookie_max_age must be > 0 and at most 400 days, not {age!r}")
-        validation.positive_seconds(self.retry_after, "retry_after")
-
-    def now(self) -> float:
-        """Seconds since the epoch, from the clock option or the system's."""
-        if self.clock is None:
-            return time.time()
-        return validation.aware_utc(self.clock(), "the clock's datetime").timestamp()
-
-
-@dataclass(frozen=True)
-class WebState:
-    """What the middleware has done since it was built (``middleware.get_state()``).
-
-    ``skipped`` counts requests per :class:`Skip` reason; ``store_failures`` the
-    tracking attempts the store refused, ``dropped`` those not tried because it was
-    down; ``store_available`` is False from a failure until the next success.
-    """
-
-    views: int
-    events: int
-    skipped: Mapping[str, int]
-    store_failures: int
-    dropped: int
-    store_available: bool
-
-
-class WebStats:
-    """Thread-safe counters behind :class:`WebState`."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._skipped: Counter[Skip] = Counter()
-        self.views = self.events = self.failures = self.dropped = 0
-        self.available = True
-
-    def skip(self, reason: Skip) -> None:
-        """Count a request skipped for ``reason``."""
-        with self._lock:
-            self._skipped[reason] += 1
-
-    def add(self, *, views: int = 0, events: int = 0) -> None:
-        """Count what a request tracked."""
-        with self._lock:
-            self.views += views
-            self.events += events
-
-    def snapshot(self) -> WebState:
-        """The counts now."""
-        with self._lock:
-            skipped = MappingProxyType({str(k): n for k, n in self._skipped.items()})
-            return WebState(
-                self.views, self.events, skipped, self.failures, self.dropped, self.available
-            )
-
+__all__ = ["TrackerBase", "Visit", "begin"]
 
 _UNSET = object()
 
@@ -322,40 +202,3 @@ class TrackerBase:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} session_id={self.session_id!r} skipped={self.skipped!r}>"
-
-
-def configure(
-    *,
-    secret_key: str | bytes,
-    fallback_keys: Sequence[str | bytes],
-    cookie_name: str,
-    cookie_max_age: float,
-    cookie_domain: str | None,
-    secure: bool | None,
-    count_views: bool,
-    client_ip: str,
-    trusted_proxies: Sequence[str],
-    honor_gpc: bool,
-    skip_headless: bool,
-    probe_paths: Sequence[str],
-    static_paths: Sequence[str],
-    static_extensions: Sequence[str],
-    retry_after: float,
-    clock: Callable[[], datetime] | None,
-) -> WebConfig:
-    """The validated options of either middleware."""
-    rules = Rules(probe_paths, static_paths, static_extensions, skip_headless, honor_gpc)
-    return WebConfig(
-        secret_key,
-        tuple(fallback_keys) if not isinstance(fallback_keys, (str, bytes)) else fallback_keys,
-        cookie_name,
-        cookie_max_age,
-        cookie_domain,
-        secure,
-        count_views,
-        client_ip,
-        trusted_proxies,
-        rules,
-        retry_after,
-        clock,
-    )

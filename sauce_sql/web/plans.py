@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from sauce_sql.errors import SauceSQLError, SessionNotFound, StoreUnavailable
 from sauce_sql.models import AnalyticsSession, SequenceType
-from sauce_sql.web.core import Visit, WebStats
+from sauce_sql.web.core import Visit
+from sauce_sql.web.stats import WebStats
 
 __all__ = ["Guard", "Plan", "count", "finish", "run", "run_async"]
 
