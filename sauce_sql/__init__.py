@@ -7,6 +7,7 @@
 1
 """
 
+from sauce_sql.aio import AsyncStore
 from sauce_sql.errors import (
     InvalidInput,
     SauceSQLError,
@@ -19,6 +20,7 @@ from sauce_sql.store import Store
 
 __all__ = [
     "AnalyticsSession",
+    "AsyncStore",
     "InvalidInput",
     "ReviveSession",
     "SauceSQLError",

@@ -12,10 +12,11 @@ process clock that is wrong or that jumps changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
 __all__ = ["RESYNC", "RETRY", "ServerClock", "utc_now"]
@@ -77,4 +78,47 @@ class ServerClock:
                 raise
             # Carried forward until the server answers again; the operation that
             # goes on to the server will say what is wrong with it.
+            logger.warning("cannot read the database server's clock", exc_info=True)
+
+
+class AsyncServerClock(ServerClock):
+    """The server's clock for an asyncio store: read in a task of the loop when a
+    reading is due, carried forward meanwhile, so that reading now never waits.
+
+    ``read()`` is a coroutine function returning the server's current time.
+    """
+
+    def __init__(self, read: Callable[[], Awaitable[datetime]]) -> None:
+        super().__init__(self._never)
+        self._read_async = read
+        self._reading: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _never() -> datetime:
+        raise AssertionError("an asyncio store's clock is read by sync() only")
+
+    async def sync(self) -> None:  # type: ignore[override]
+        """Read the server's clock now (raises what ``read`` raises)."""
+        before = time.monotonic()
+        server = await self._read_async()
+        after = time.monotonic()
+        with self._lock:
+            self._base, self._base_at = server, (before + after) / 2
+            self._next = after + RESYNC
+
+    def _resync(self, at: float) -> None:
+        with self._lock:
+            if at < self._next:
+                return
+            self._next = at + RETRY
+        if self._base is None or (self._reading is not None and not self._reading.done()):
+            return
+        self._reading = asyncio.get_running_loop().create_task(self._read_again())
+
+    async def _read_again(self) -> None:
+        try:
+            await self.sync()
+        except Exception:
+            # Carried forward until the server answers again; the operations that go
+            # on to the server will say what is wrong with it.
             logger.warning("cannot read the database server's clock", exc_info=True)

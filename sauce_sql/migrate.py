@@ -30,6 +30,7 @@ __all__ = [
     "current",
     "downgrade",
     "make_config",
+    "make_current",
     "is_current",
     "migration_transaction",
     "script_location",
@@ -171,6 +172,29 @@ def _check_columns(connection: Connection, table_name: str) -> None:
             "sauce_sql's sessions table (or was altered by hand); give the store another "
             "table_name"
         )
+
+
+def make_current(connection: Connection, table_name: str) -> None:
+    """Bring ``table_name`` to the latest revision on a caller's connection, which is
+    left with no transaction open (so an asyncio store can ``run_sync`` it).
+
+    As a store's start does: the revision is read first without a transaction, and
+    the migration runs only if it is behind.
+    """
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(make_config(table_name))
+    head = script.get_current_head()
+    known = {revision.revision for revision in script.walk_revisions()}
+    if connection.dialect.name == "postgresql":
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+    revision = _owned_revision(connection, table_name, known)
+    if revision == head:
+        _check_columns(connection, table_name)
+    connection.rollback()
+    if revision != head:
+        with migration_transaction(connection, table_name):
+            command.upgrade(make_config(table_name, connection), "head")
 
 
 def downgrade(engine: Engine, table_name: str, revision: str = "base") -> None:

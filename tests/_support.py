@@ -8,8 +8,10 @@ the test module (pytest puts ``tests/`` on ``sys.path``).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -178,3 +180,25 @@ def table_names(url: str) -> set[str]:
         return set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+@contextmanager
+def frozen(url: str, application_name: str, backstop: float = 30.0) -> Iterator[list[int]]:
+    """Stop the server processes serving ``application_name`` (SIGSTOP), and resume
+    them on leaving, or after ``backstop`` seconds should a call hang (the defect)."""
+    pids = backend_pids(url, application_name)
+    assert pids
+
+    def resume() -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    timer = threading.Timer(backstop, resume)
+    timer.start()
+    try:
+        yield pids
+    finally:
+        timer.cancel()
+        resume()

@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
+from _facade import LoopThread, SyncAsyncStore
 from _pgbouncer import pgbouncer_url
 
-from sauce_sql import Store
+from sauce_sql import AsyncStore, Store
 
 PG_URL = os.environ.get(
     "SAUCE_SQL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -217,23 +218,44 @@ def clock() -> FakeClock:
 StoreFactory = Callable[..., Store]
 
 
+#: The two stores: Store itself, and AsyncStore driven through a synchronous face
+#: (tests/_facade.py), so that one behaviour suite checks both.
+STORE_KINDS = ["sync", "async"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Store tests run on both stores, but those marked ``sync_only``."""
+    if "store_kind" in metafunc.fixturenames:
+        only_sync = metafunc.definition.get_closest_marker("sync_only") is not None
+        metafunc.parametrize("store_kind", ["sync"] if only_sync else STORE_KINDS)
+
+
 @pytest.fixture
-def make_store(backend: Backend, clock: FakeClock) -> Iterator[StoreFactory]:
-    """Make started stores on the backend (fake clock, no cleaner unless asked)."""
+def make_store(backend: Backend, clock: FakeClock, store_kind: str) -> Iterator[StoreFactory]:
+    """Make started stores on the backend (fake clock, no cleaner unless asked), of
+    each kind."""
     stores: list[Store] = []
+    loop = LoopThread() if store_kind == "async" else None
 
     def make(**options: Any) -> Store:
         options.setdefault("table_name", backend.table_name)
         options.setdefault("clock", clock)
         options.setdefault("clean_interval", None)
         backend.migrate(options["table_name"])
-        store = Store(options.pop("url", backend.url), **options)
+        url = options.pop("url", backend.url)
+        if loop is None:
+            store = Store(url, **options)
+        else:
+            # The face offers Store's methods; to the tests it is one.
+            store = cast(Store, SyncAsyncStore(AsyncStore(url, **options), loop))
         stores.append(store)
         return store.start()
 
     yield make
     for store in stores:
         store.close()
+    if loop is not None:
+        loop.close()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from sauce_sql import (
 
 CONTRACT_NAMES = {
     "Store",
+    "AsyncStore",
     "AnalyticsSession",
     "ReviveSession",
     "StoreState",
@@ -82,6 +83,8 @@ def test_import_stays_light() -> None:
         "psycopg2",
         "asyncpg",
         "aiosqlite",
+        "greenlet",
+        "sqlalchemy.ext.asyncio",
         "sauce_sql.cli",
         "sauce_sql.migrate",
         "argparse",

@@ -7,8 +7,6 @@ server processes serving the store stopped with SIGSTOP (and resumed with SIGCON
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import threading
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import admin, alarm, backend_pids, tagged_url, wait_for
+from _support import admin, alarm, frozen, tagged_url, wait_for
 from conftest import Backend, make_backend
 
 from sauce_sql import InvalidInput, Store, StoreUnavailable
@@ -90,28 +88,6 @@ def server_sessions(url: str, application_name: str) -> set[tuple[int, Any]]:
 
 class RequestTimeout(Exception):
     """What a web server's request timer raises from its SIGALRM handler."""
-
-
-@contextmanager
-def frozen(url: str, application_name: str) -> Iterator[list[int]]:
-    """Stop the server processes serving ``application_name`` (SIGSTOP), and resume
-    them on leaving, or after WAIT seconds should a call hang (the defect)."""
-    pids = backend_pids(url, application_name)
-    assert pids
-
-    def resume() -> None:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    backstop = threading.Timer(WAIT, resume)
-    backstop.start()
-    try:
-        yield pids
-    finally:
-        backstop.cancel()
-        resume()
 
 
 # -- interrupted calls ----------------------------------------------------------------

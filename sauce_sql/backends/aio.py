@@ -1,0 +1,222 @@
+"""How an asyncio store reaches its database: schema, executor, cleanup rounds.
+
+An :class:`AsyncDatabase` per backend. Schema work (Alembic) is synchronous code: on
+a store's own engine it runs in a worker thread, on an application's ``AsyncEngine``
+through ``run_sync``; either way the loop goes on. Statements then run on the
+backend's asyncio executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import URL, Connection, Dialect, Engine, MetaData
+from sqlalchemy.exc import SQLAlchemyError
+
+from sauce_sql.backends import backend_for
+from sauce_sql.backends.base import AsyncExecutor
+from sauce_sql.config import StoreConfig
+from sauce_sql.engine import create_store_engine, is_memory, prepare_threshold
+from sauce_sql.errors import InvalidInput, unavailable
+
+__all__ = ["AsyncDatabase"]
+
+
+def _schema_on(connection: Connection, table_name: str, memory: bool) -> None:
+    """Make ``table_name`` current on ``connection`` (a synchronous one)."""
+    if memory:
+        from sauce_sql.schema import sessions_table
+
+        metadata = MetaData()
+        sessions_table(table_name, metadata)
+        metadata.create_all(connection)
+        connection.commit()
+        return
+    from sauce_sql import migrate
+
+    migrate.make_current(connection, table_name)
+
+
+class AsyncDatabase:
+    """The database of one asyncio store (see :meth:`create`)."""
+
+    def __init__(
+        self, config: StoreConfig, url: URL, dialect: Dialect, engine: Any, own: Engine | None
+    ) -> None:
+        self.config = config
+        self.url = url
+        self.dialect = dialect
+        #: The application's AsyncEngine, or else the store's own synchronous one.
+        self.engine = engine
+        #: The synchronous engine the store made for itself (disposed on close), if any.
+        self.own = own
+
+    @staticmethod
+    def create(url: URL | None, engine: Any, config: StoreConfig) -> AsyncDatabase:
+        """The database at ``url``, or of the application's ``AsyncEngine``."""
+        if engine is not None:
+            from sqlalchemy.ext.asyncio import AsyncEngine
+
+            if not isinstance(engine, AsyncEngine):
+                raise TypeError(
+                    "engine must be a sqlalchemy.ext.asyncio.AsyncEngine, "
+                    f"not {type(engine).__name__}"
+                )
+            name = backend_for(engine.dialect.name).name
+            if name == "sqlite":
+                if is_memory(engine.url):
+                    raise InvalidInput(
+                        "an in-memory SQLite AsyncEngine is a database of its own connection, "
+                        "which the store cannot share: give AsyncStore('sqlite://') instead"
+                    )
+                # The store's statements run on connections of its own (see sqlite/aio.py).
+                own = create_store_engine(
+                    engine.url.set(drivername="sqlite"),
+                    durability=config.durability,
+                    timeout=config.timeout,
+                )
+                return SQLiteDatabase(config, engine.url, own.dialect, engine, own)
+            return ServerDatabase(config, engine.url, engine.sync_engine.dialect, engine, None)
+        assert url is not None
+        name = backend_for(url.get_backend_name()).name
+        if name == "postgresql" and url.get_driver_name() not in ("", "psycopg"):
+            raise InvalidInput(
+                f"AsyncStore runs postgresql:// on psycopg, not {url.get_driver_name()!r}"
+            )
+        own = create_store_engine(url, durability=config.durability, timeout=config.timeout)
+        if name == "sqlite":
+            return SQLiteDatabase(config, own.url, own.dialect, own, own)
+        return ServerDatabase(config, own.url, own.dialect, own, own)
+
+    async def open(self, describe: str) -> AsyncExecutor:
+        """Make the schema current and return an executor for the store."""
+        raise NotImplementedError
+
+    async def close(self, executor: AsyncExecutor) -> None:
+        """Close ``executor``."""
+        await executor.close()
+
+    async def dispose(self) -> None:
+        """Dispose of the store's own engine (never an application's)."""
+        if self.own is not None:
+            await asyncio.to_thread(self.own.dispose)
+
+    @contextlib.asynccontextmanager
+    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
+        """Whether this process runs a cleanup round now (see cleanup.cleanup_round)."""
+        yield True
+
+    def _schema_error(self, describe: str, exc: BaseException) -> Exception:
+        return unavailable(f"database {describe} is unavailable", exc)
+
+    async def _own_schema(self, describe: str, memory: bool) -> None:
+        from alembic.util import CommandError
+
+        engine = self.own
+        assert engine is not None
+
+        def run() -> None:
+            with engine.connect() as connection:
+                _schema_on(connection, self.config.table_name, memory)
+
+        try:
+            await asyncio.to_thread(run)
+        except (SQLAlchemyError, CommandError, OSError) as exc:
+            raise self._schema_error(describe, exc) from exc
+
+
+class SQLiteDatabase(AsyncDatabase):
+    """A SQLite file or in-memory database; the store's own synchronous engine."""
+
+    async def open(self, describe: str) -> AsyncExecutor:
+        from sauce_sql.backends.sqlite import sharing
+        from sauce_sql.backends.sqlite.aio import AsyncSQLiteExecutor
+
+        engine = self.own
+        assert engine is not None
+        memory = is_memory(engine.url)
+        await self._own_schema(describe, memory)
+        sync = sharing.acquire(
+            engine, shareable=True, durability=self.config.durability, describe=describe
+        )
+        return AsyncSQLiteExecutor(sync, durability=self.config.durability)
+
+
+class ServerDatabase(AsyncDatabase):
+    """PostgreSQL through psycopg's AsyncConnection."""
+
+    async def open(self, describe: str) -> AsyncExecutor:
+        from sauce_sql.backends.postgresql.aio import AsyncServerExecutor
+
+        if self.own is not None:
+            await self._own_schema(describe, memory=False)
+        else:
+            await self._app_schema(describe)
+        config = self.config
+        return AsyncServerExecutor(
+            self._connect,
+            self.dialect,
+            describe=describe,
+            timeout=config.timeout,
+            max_connections=config.max_connections,
+            max_idle_connections=config.max_idle_connections,
+        )
+
+    async def _app_schema(self, describe: str) -> None:
+        from alembic.util import CommandError
+
+        table_name = self.config.table_name
+        try:
+            async with self.engine.connect() as connection:
+                await connection.run_sync(_schema_on, table_name, False)
+        except (SQLAlchemyError, CommandError, OSError) as exc:
+            raise self._schema_error(describe, exc) from exc
+
+    async def _connect(self) -> Any:
+        """A new psycopg AsyncConnection in autocommit, prepared statements as the
+        URL says (none by default: see engine.prepare_threshold)."""
+        engine = self.own
+        if engine is None:
+            # The application's engine: its pool's connect arguments and listeners.
+            proxy = await self.engine.raw_connection()
+            connection = proxy.driver_connection
+            proxy.detach()
+            await connection.set_autocommit(True)
+            connection.prepare_threshold = prepare_threshold(self.url)
+            return connection
+        import psycopg
+
+        _, params = engine.dialect.create_connect_args(engine.url)
+        params.pop("context", None)
+        params["prepare_threshold"] = prepare_threshold(self.url)
+        params.setdefault("connect_timeout", max(2, min(5, int(self.config.timeout))))
+        return await psycopg.AsyncConnection.connect(autocommit=True, **params)
+
+    @contextlib.asynccontextmanager
+    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
+        """A transaction-scoped advisory lock on a connection of its own, as the
+        synchronous store's cleaner holds (see cleanup.cleanup_round)."""
+        import psycopg
+
+        key = zlib.crc32(f"sauce_sql:cleanup:{table_name}".encode())
+        try:
+            connection = await asyncio.wait_for(self._connect(), self.config.timeout)
+        except (psycopg.Error, OSError, asyncio.TimeoutError):
+            yield True  # the batches will report what is wrong with the server
+            return
+        try:
+            try:
+                await connection.execute("BEGIN")
+                cursor = await connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))
+                row = await cursor.fetchone()
+            except psycopg.Error:
+                yield True  # no transaction to be had (statement pooling): clean anyway
+                return
+            yield bool(row and row[0])
+        finally:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await connection.close()

@@ -1,0 +1,238 @@
+"""Runs an asyncio store's statements on PostgreSQL with psycopg's ``AsyncConnection``.
+
+Every wait is awaited: the connect, a slot among the store's ``max_connections``
+(handed out longest waiter first, as ``asyncio.Semaphore`` does), the statement. Each
+call has one deadline. A call past it has its connection's socket shut down, as the
+synchronous store's watchdog does (:mod:`~sauce_sql.backends.postgresql.watchdog`):
+cancelling the awaiting coroutine instead would have psycopg send the server a cancel
+request and wait up to seconds for a server that may not answer at all.
+
+A call cancelled by its caller leaves its connection only if the connection is idle;
+otherwise psycopg has already tried to cancel the statement, and the connection is
+closed. The statement may have been applied (at most once: writes are never retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Dialect
+
+from sauce_sql.backends.base import ConnectionLost, Raw, Result
+from sauce_sql.backends.postgresql.executor import SERVER_NOW, budget_spent, too_slow
+from sauce_sql.errors import StoreUnavailable, unavailable, unstorable
+from sauce_sql.prepared import Prepared
+
+__all__ = ["AsyncServerExecutor", "Connect"]
+
+Connect = Callable[[], Awaitable[Any]]
+"""Opens a new ``psycopg.AsyncConnection`` in autocommit."""
+
+
+_SET_UP: Any = Raw("SET TIME ZONE 'UTC'", returns_rows=False)
+
+
+class _Held:
+    """An asyncio connection the executor holds, with its one reused cursor."""
+
+    __slots__ = ("connection", "cursor", "epoch", "timed_out")
+
+    def __init__(self, connection: Any, epoch: int) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        self.epoch = epoch
+        self.timed_out = False
+
+
+class AsyncServerExecutor:
+    """Executes :class:`Prepared` statements for one asyncio store on PostgreSQL."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        dialect: Dialect,
+        *,
+        describe: str,
+        timeout: float,
+        max_connections: int,
+        max_idle_connections: int,
+    ) -> None:
+        import psycopg
+
+        self._connect = connect
+        self._dialect = dialect
+        self._error: type[Exception] = psycopg.Error
+        self._idle_status = psycopg.pq.TransactionStatus.IDLE
+        self._describe = describe
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._keep_idle = max_idle_connections
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: list[_Held] = []
+        self._epoch = 0
+        self._closed = False
+        # Connections interrupted mid-statement, closing in the background.
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def dialect(self) -> Dialect:
+        """The SQLAlchemy dialect of the database."""
+        return self._dialect
+
+    async def read(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
+        """Run a statement that only reads; retried once on a fresh connection if the
+        connection it got turns out to be dead (a restarted server, say)."""
+        parameters = prepared.parameters(values)
+        try:
+            return await self._run(prepared, parameters)
+        except ConnectionLost:
+            return await self._run(prepared, parameters)
+
+    async def write(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
+        """Run a statement that writes; never retried, so never applied twice."""
+        return await self._run(prepared, prepared.parameters(values))
+
+    write_slow = write
+
+    def checkpoint_soon(self) -> None:
+        """Nothing to fold in: the server keeps its own log."""
+
+    async def server_now(self) -> datetime:
+        """The database server's clock; retried once on a fresh connection."""
+        try:
+            rows, _ = await self._run(SERVER_NOW, ())
+        except ConnectionLost:
+            rows, _ = await self._run(SERVER_NOW, ())
+        now: datetime = rows[0][0]
+        return now
+
+    async def close(self) -> None:
+        """Close the idle connections; ones in use close when given back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for held in idle:
+            await self._discard(held)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- calls ----------------------------------------------------------------------
+
+    async def _run(self, prepared: Prepared | Raw, parameters: Any) -> Result:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline = began + self._timeout
+        try:
+            if self._slots.locked():
+                await asyncio.wait_for(self._slots.acquire(), self._timeout)
+            else:
+                await self._slots.acquire()  # free: returns without waiting
+        except asyncio.TimeoutError:
+            raise budget_spent(self._describe, self._max_connections, loop.time() - began) from None
+        try:
+            held = await self._connection(loop, deadline)
+            result = await self._execute(loop, held, prepared, parameters, deadline)
+            self._give_back(held)
+            return result
+        finally:
+            self._slots.release()
+
+    async def _connection(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Held:
+        while self._idle:
+            held = self._idle.pop()
+            if held.epoch == self._epoch and not held.connection.closed:
+                return held
+            await self._discard(held)
+        if self._closed:
+            raise StoreUnavailable("the store's connections are closed")
+        try:
+            connection = await asyncio.wait_for(self._connect(), max(deadline - loop.time(), 0))
+        except asyncio.TimeoutError as exc:
+            raise too_slow(self._describe, self._timeout) from exc
+        except self._error as exc:
+            raise self._unavailable(exc) from exc
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        held = _Held(connection, self._epoch)
+        # See the synchronous executor: results come back in timezone.utc.
+        await self._execute(loop, held, _SET_UP, (), deadline, keep=False)
+        return held
+
+    async def _execute(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        held: _Held,
+        prepared: Prepared | Raw,
+        parameters: Any,
+        deadline: float,
+        *,
+        keep: bool = True,
+    ) -> Result:
+        """Run one statement on ``held`` by ``deadline``. On failure the connection is
+        kept (if idle and ``keep``) or closed, and the store's error raised."""
+        timer = loop.call_at(deadline, self._end, held)
+        cursor = held.cursor
+        try:
+            await cursor.execute(prepared.sql, parameters)
+            found = await cursor.fetchall() if prepared.returns_rows else []
+            count = cursor.rowcount
+        except BaseException as exc:
+            timer.cancel()
+            await self._after_failure(held, exc, keep=keep)
+            raise  # _after_failure raises the store's error for driver errors
+        timer.cancel()
+        return found, count
+
+    def _end(self, held: _Held) -> None:
+        """The call's deadline passed: shut its socket so the awaiting driver fails now."""
+        held.timed_out = True
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.dup(held.connection.fileno())
+            with socket.socket(fileno=fd) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _give_back(self, held: _Held) -> None:
+        if self._closed or held.epoch < self._epoch or len(self._idle) >= self._keep_idle:
+            self._close_soon(held)
+        else:
+            self._idle.append(held)
+
+    async def _after_failure(self, held: _Held, exc: BaseException, *, keep: bool) -> None:
+        """Keep ``held`` (if ``keep`` and it is idle) or close it after its call raised
+        ``exc``; raise the store's error for a timeout or a driver error."""
+        lost = isinstance(exc, self._error) and (held.connection.closed or held.connection.broken)
+        if held.timed_out or lost or not keep:
+            await self._discard(held)
+        else:
+            # Cancelled or interrupted too: psycopg has tried to cancel the statement.
+            self._keep_if_idle(held)
+        if held.timed_out:
+            raise too_slow(self._describe, self._timeout) from exc
+        if lost:
+            self._epoch += 1
+            raise ConnectionLost(*self._unavailable(exc).args) from exc
+        if isinstance(exc, (UnicodeEncodeError, self._error)):
+            raise (unstorable(exc) or self._unavailable(exc)) from exc
+
+    def _keep_if_idle(self, held: _Held) -> None:
+        if held.connection.info.transaction_status == self._idle_status:
+            self._give_back(held)
+        else:
+            self._close_soon(held)
+
+    def _close_soon(self, held: _Held) -> None:
+        task = asyncio.get_running_loop().create_task(self._discard(held))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _discard(self, held: _Held) -> None:
+        with contextlib.suppress(self._error, OSError):
+            await held.connection.close()
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return unavailable(f"database {self._describe} is unavailable", exc)

@@ -1,0 +1,317 @@
+"""The asyncio part of the bench: AsyncStore beside Store, aiosqlite and raw drivers.
+
+Every contender runs the same statements on the same table, interleaved in one event
+loop (a sync call inside a coroutine is a call on the loop), so that the machine's
+noise falls on all of them alike. aiosqlite and asyncpg are measured when installed
+(``pip install aiosqlite asyncpg``), and skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sauce_sql.aio import AsyncStore
+from sauce_sql.bench.clients import USER_AGENT, RawSQLite, _libpq_url, _sql, store_ops
+from sauce_sql.bench.workloads import Latencies
+from sauce_sql.prepared import datetime_to_sqlite
+from sauce_sql.store import Store
+
+__all__ = ["asyncio_postgres", "asyncio_sqlite"]
+
+AsyncOp = Callable[[str], Awaitable[Any]]
+_UTC = timezone.utc
+MAX_AGE = 3600.0
+
+
+def _async_ops(store: AsyncStore) -> dict[str, AsyncOp]:
+    return {
+        "inc_sequence": lambda sid: store.inc_sequence(sid, "view"),
+        "lookup_session": store.lookup_session,
+    }
+
+
+async def _interleaved(
+    contenders: dict[str, Callable[[str], Any]],
+    ids: Sequence[str],
+    *,
+    rounds: int,
+    per_round: int,
+) -> dict[str, dict[str, float]]:
+    """Each contender ``per_round`` calls per round, taking turns (the first round a
+    warm-up); a contender returning an awaitable is awaited."""
+    samples: dict[str, list[int]] = {name: [] for name in contenders}
+    names = list(contenders)
+    clock = time.perf_counter_ns
+    position = 0
+    for round_ in range(rounds + 1):
+        for name in names if round_ % 2 else names[::-1]:
+            op, into = contenders[name], samples[name]
+            for i in range(per_round):
+                sid = ids[(position + i) % len(ids)]
+                start = clock()
+                result = op(sid)
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    await result
+                if round_:
+                    into.append(clock() - start)
+        position += per_round
+    return {name: Latencies.of(got).to_dict() for name, got in samples.items()}
+
+
+class _Lag:
+    """The longest gap between the ticks of a task that sleeps 1 ms at a time."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            self.worst = max(self.worst, now - last - 0.001)
+            last = now
+
+    def __enter__(self) -> _Lag:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def _lag_under_tasks(store: AsyncStore, ids: Sequence[str], seconds: float) -> float:
+    """The loop's worst stall (ms) while 16 tasks increment for ``seconds``."""
+    end = time.perf_counter() + seconds
+
+    async def work(n: int) -> None:
+        while time.perf_counter() < end:
+            await store.inc_sequence(ids[n % len(ids)], "view")
+
+    with _Lag() as lag:
+        await asyncio.gather(*(work(n) for n in range(16)))
+    return lag.worst * 1000
+
+
+async def _lag_while_locked(store: AsyncStore, path: Path, sid: str) -> dict[str, float]:
+    """The loop's worst stall (ms) while another process holds the write lock for a
+    second and a write waits for it; how long the write took."""
+    code = (
+        "import sqlite3, time\n"
+        f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+        "time.sleep(1.0); c.execute('COMMIT')\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        await asyncio.to_thread(child.stdout.readline)
+        with _Lag() as lag:
+            began = time.perf_counter()
+            await store.inc_sequence(sid, "view")
+            took = time.perf_counter() - began
+    finally:
+        await asyncio.to_thread(child.wait)
+        if child.stdout is not None:
+            child.stdout.close()
+    return {"worst_stall_ms": lag.worst * 1000, "write_took_ms": took * 1000}
+
+
+async def _aiosqlite_ops(path: Path, raw: RawSQLite) -> tuple[dict[str, AsyncOp], Any] | str:
+    try:
+        import aiosqlite
+    except ImportError:
+        return "aiosqlite is not installed (pip install aiosqlite)"
+    connection = await aiosqlite.connect(str(path), isolation_level=None)
+    await connection.execute("PRAGMA synchronous = NORMAL")
+    select, inc = raw.sql["select_live"], raw.sql["increment_view"]
+    max_age = timedelta(seconds=MAX_AGE)
+
+    async def inc_sequence(sid: str) -> Any:
+        now = datetime.now(_UTC)
+        text, expires = datetime_to_sqlite(now), datetime_to_sqlite(now + max_age)
+        async with connection.execute(inc, (1, text, expires, sid, text)) as cursor:
+            return await cursor.fetchone()
+
+    async def lookup_session(sid: str) -> Any:
+        now = datetime_to_sqlite(datetime.now(_UTC))
+        async with connection.execute(select, (sid, now)) as cursor:
+            return await cursor.fetchone()
+
+    return {"inc_sequence": inc_sequence, "lookup_session": lookup_session}, connection
+
+
+def asyncio_sqlite(directory: Path, ids_count: int, rounds: int, per_round: int) -> dict[str, Any]:
+    """AsyncStore on a SQLite WAL file against Store, aiosqlite and raw sqlite3."""
+    path = directory / "bench-async.db"
+    url = f"sqlite:///{path}"
+    result: dict[str, Any] = {"skipped": {}}
+
+    async def main() -> None:
+        with Store(url, table_name="bench", clean_interval=None) as sync:
+            ids = [sync.new_session(user_agent=USER_AGENT).session_id for _ in range(ids_count)]
+            async with AsyncStore(url, table_name="bench", clean_interval=None) as store:
+                raw = RawSQLite(str(path), "bench", max_age=MAX_AGE, synchronous="NORMAL")
+                contenders: dict[str, dict[str, Callable[[str], Any]]] = {}
+                sync_ops, raw_ops = store_ops(sync), raw.ops()
+                for op, call in _async_ops(store).items():
+                    contenders[op] = {"async": call, "sync": sync_ops[op], "raw": raw_ops[op]}
+                aio = await _aiosqlite_ops(path, raw)
+                if isinstance(aio, str):
+                    result["skipped"]["aiosqlite"] = aio
+                else:
+                    for op, call in aio[0].items():
+                        contenders[op]["aiosqlite"] = call
+                try:
+                    result["single"] = {
+                        op: await _interleaved(c, ids, rounds=rounds, per_round=per_round)
+                        for op, c in contenders.items()
+                    }
+                finally:
+                    raw.close()
+                    if not isinstance(aio, str):
+                        await aio[1].close()
+                result["lag_16_tasks_ms"] = await _lag_under_tasks(store, ids, 1.0)
+                result["lag_while_locked"] = await _lag_while_locked(store, path, ids[0])
+
+    asyncio.run(main())
+    return result
+
+
+async def _pool_throughput(
+    call: Callable[[Any, str], Awaitable[Any]],
+    connections: Sequence[Any] | None,
+    store: AsyncStore | None,
+    ids: Sequence[str],
+    seconds: float,
+) -> float:
+    """Calls per second from 64 tasks: on the store, or on a raw pool of connections."""
+    end = time.perf_counter() + seconds
+    done = [0]
+    pool: asyncio.Queue[Any] = asyncio.Queue()
+    for connection in connections or ():
+        pool.put_nowait(connection)
+
+    async def work(n: int) -> None:
+        while time.perf_counter() < end:
+            sid = ids[n % len(ids)]
+            if store is not None:
+                await store.inc_sequence(sid, "view")
+            else:
+                connection = await pool.get()
+                try:
+                    await call(connection, sid)
+                finally:
+                    pool.put_nowait(connection)
+            done[0] += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(work(n) for n in range(64)))
+    return done[0] / (time.perf_counter() - began)
+
+
+def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> dict[str, Any]:
+    """AsyncStore on PostgreSQL against raw psycopg AsyncConnection and asyncpg."""
+    import psycopg
+    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+    from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
+
+    result: dict[str, Any] = {"skipped": {}}
+    dsn = _libpq_url(url)
+
+    async def main() -> None:
+        with Store(url, table_name="bench_async", clean_interval=None) as sync:
+            ids = [sync.new_session(user_agent=USER_AGENT).session_id for _ in range(ids_count)]
+        sql = _sql("bench_async", pg_dialect.dialect())  # type: ignore[no-untyped-call]
+        select, inc = sql["select_live"][0], sql["increment_view"][0]
+        dollar = _sql("bench_async", asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
+        max_age = timedelta(seconds=MAX_AGE)
+
+        async with AsyncStore(url, table_name="bench_async", clean_interval=None) as store:
+            contenders: dict[str, dict[str, Callable[[str], Any]]] = {
+                op: {"async": call} for op, call in _async_ops(store).items()
+            }
+            connection = await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, prepare_threshold=None
+            )
+            await connection.execute("SET TIME ZONE 'UTC'")
+            cursor = connection.cursor()
+
+            async def psycopg_inc(sid: str) -> Any:
+                now = datetime.now(_UTC)
+                values = {"view_sequence_1": 1, "now": now, "expires": now + max_age, "sid": sid}
+                await cursor.execute(inc, values)
+                return await cursor.fetchone()
+
+            async def psycopg_lookup(sid: str) -> Any:
+                await cursor.execute(select, {"sid": sid, "now": datetime.now(_UTC)})
+                return await cursor.fetchone()
+
+            contenders["inc_sequence"]["psycopg"] = psycopg_inc
+            contenders["lookup_session"]["psycopg"] = psycopg_lookup
+            asyncpg_connection = await _asyncpg(dsn, result)
+            if asyncpg_connection is not None:
+                dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
+
+                async def asyncpg_inc(sid: str) -> Any:
+                    now = datetime.now(_UTC)
+                    return await asyncpg_connection.fetchrow(dollar_inc, 1, now, now + max_age, sid)
+
+                async def asyncpg_lookup(sid: str) -> Any:
+                    return await asyncpg_connection.fetchrow(dollar_select, sid, datetime.now(_UTC))
+
+                contenders["inc_sequence"]["asyncpg"] = asyncpg_inc
+                contenders["lookup_session"]["asyncpg"] = asyncpg_lookup
+            try:
+                result["single"] = {
+                    op: await _interleaved(c, ids, rounds=rounds, per_round=per_round)
+                    for op, c in contenders.items()
+                }
+            finally:
+                await connection.close()
+                if asyncpg_connection is not None:
+                    await asyncpg_connection.close()
+            pool = [
+                await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None)
+                for _ in range(10)
+            ]
+
+            async def pooled_inc(conn: Any, sid: str) -> Any:
+                now = datetime.now(_UTC)
+                values = {"view_sequence_1": 1, "now": now, "expires": now + max_age, "sid": sid}
+                cur = await conn.execute(inc, values)
+                return await cur.fetchone()
+
+            try:
+                result["tasks_64"] = {
+                    "store_ops_per_s": await _pool_throughput(pooled_inc, None, store, ids, 2.0),
+                    "raw_pool_10_ops_per_s": await _pool_throughput(
+                        pooled_inc, pool, None, ids, 2.0
+                    ),
+                }
+            finally:
+                for conn in pool:
+                    await conn.close()
+
+    asyncio.run(main())
+    return result
+
+
+async def _asyncpg(dsn: str, result: dict[str, Any]) -> Any:
+    try:
+        import asyncpg
+    except ImportError:
+        result["skipped"]["asyncpg"] = "asyncpg is not installed (pip install asyncpg)"
+        return None
+    connection = await asyncpg.connect(dsn)
+    await connection.execute("SET TIME ZONE 'UTC'")
+    return connection
