@@ -16,17 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
+from sauce_sql.aio import AsyncStore
 from sauce_sql.errors import SauceSQLError
-from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType
+from sauce_sql.models import SequenceType
 from sauce_sql.web import plans
 from sauce_sql.web.core import TrackerBase, Visit, begin
 from sauce_sql.web.options import DEFAULT_COOKIE_MAX_AGE, WANTED_HEADERS, configure
 from sauce_sql.web.rules import DEFAULT_PROBE_PATHS, DEFAULT_STATIC_EXTENSIONS, DEFAULT_STATIC_PATHS
 from sauce_sql.web.stats import WebState, WebStats
 
-__all__ = ["AsyncStoreLike", "SauceMiddleware", "Tracker"]
+__all__ = ["SauceMiddleware", "Tracker"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,16 +36,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _WANTED = {name.encode(): name for name in WANTED_HEADERS}
-
-
-class AsyncStoreLike(Protocol):
-    """What the middleware uses of ``sauce_sql.AsyncStore``."""
-
-    async def start(self) -> Any: ...
-    async def close(self) -> None: ...
-    async def maybe_revive_session(self, revive: ReviveSession) -> AnalyticsSession: ...
-    async def inc_sequence(self, session_id: str, type: SequenceType | str) -> int: ...  # noqa: A002
-    async def assign_user(self, session_id: str, user_id: str | None) -> None: ...
 
 
 class Tracker(TrackerBase):
@@ -97,7 +88,7 @@ class SauceMiddleware:
         self,
         app: ASGIApp,
         *,
-        store: AsyncStoreLike,
+        store: AsyncStore,
         secret_key: str | bytes,
         fallback_keys: Sequence[str | bytes] = (),
         cookie_name: str = "sauce",

@@ -215,9 +215,16 @@ class Site:
             assert async_store is not None, "no AsyncStore in sauce_sql yet"
             self.loop = LoopThread()
             self.store = async_store(url, **store_options)
-            if start:
-                self.loop.run(self.store.start())
-            self.app = starlette_app(store=self.store, **options)
+            try:
+                if start:
+                    self.loop.run(self.store.start())
+                self.app = starlette_app(store=self.store, **options)
+                # Starlette builds its middleware at the first request or lifespan; build
+                # it now, so that refused options raise here as they do for WSGI.
+                self.app.middleware_stack = self.app.build_middleware_stack()
+            except BaseException:
+                self.close()
+                raise
             self.middleware = None
 
     def visitor(self, base_url: str = "http://testserver", **headers: str) -> Visitor:
@@ -255,10 +262,10 @@ class Site:
             engine.dispose()
 
     def close(self) -> None:
-        """Close the store (and the loop)."""
+        """Close the store (and the loop). Idempotent."""
         if self.loop is None:
             self.store.close()
-        else:
+        elif not self.loop.loop.is_closed():
             self.loop.run(self.store.close())
             self.loop.close()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from _web import flask_app, starlette_app
 
-from sauce_sql import Store
+from sauce_sql import AsyncStore, Store
 
 
 def _store_options() -> dict[str, Any]:
@@ -23,7 +23,5 @@ def flask_from_env() -> Any:
 
 def starlette_from_env() -> Any:
     """The Starlette test app on an AsyncStore, started and closed by the lifespan."""
-    import sauce_sql
-
-    store = sauce_sql.AsyncStore(os.environ["SAUCE_WEB_URL"], **_store_options())  # type: ignore[attr-defined]
+    store = AsyncStore(os.environ["SAUCE_WEB_URL"], **_store_options())
     return starlette_app(store=store, secret_key=os.environ["SAUCE_WEB_SECRET"])
