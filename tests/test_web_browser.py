@@ -1,17 +1,17 @@
 """End to end in a real headless Chromium (Debian's ``chromium``, through its DevTools
-protocol) against the Flask app behind gunicorn."""
+protocol) against the Flask app behind gunicorn and the Starlette app behind uvicorn."""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from _cdp import Browser, chromium_path
-from _servers import gunicorn
+from _servers import Server, gunicorn, uvicorn
 from _web import CHROME, REQUIRE_BROWSER, SECRET
 from test_web_servers import settle
 
@@ -33,8 +33,9 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
     opened.close()
 
 
+@pytest.mark.parametrize("serve", [gunicorn, uvicorn], ids=["gunicorn-wsgi", "uvicorn-asgi"])
 def test_browser_keeps_its_session_across_a_restart_with_an_emptied_database(
-    browser: Browser, tmp_path: Path
+    browser: Browser, tmp_path: Path, serve: Callable[[dict[str, str], Path], Server]
 ) -> None:
     """Three page loads, the app restarted on an emptied database, two more: the
     browser keeps its session id, the session is revived and counted on, and the cookie
@@ -42,7 +43,7 @@ def test_browser_keeps_its_session_across_a_restart_with_an_emptied_database(
     database = tmp_path / "web.db"
     url = f"sqlite:///{database}"
     env = {"SAUCE_WEB_URL": url, "SAUCE_WEB_SECRET": SECRET}
-    server = gunicorn(env, tmp_path / "gunicorn.log", workers=1).start()
+    server = serve(env, tmp_path / "server.log").start()
     try:
         texts = [browser.load(f"{server.url}/") for _ in range(3)]
         sids = {re.search(r"sid=(\w+)", text).group(1) for text in texts}  # type: ignore[union-attr]
