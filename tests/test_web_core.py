@@ -191,3 +191,36 @@ def test_imports_stay_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split("\n")
     assert out[:2] == ["[]", "[]"]
+
+
+def test_new_visitor_whose_session_another_request_created_is_counted_once() -> None:
+    """A new visitor's first count finds its session already made by a request of the
+    same visitor that raced ahead: nothing fails, and each count lands once."""
+    from sauce_sql import SequenceType, Store
+    from sauce_sql.web import plans
+    from sauce_sql.web.core import begin
+    from sauce_sql.web.options import configure
+    from sauce_sql.web.rules import (
+        DEFAULT_PROBE_PATHS,
+        DEFAULT_STATIC_EXTENSIONS,
+        DEFAULT_STATIC_PATHS,
+    )
+    from sauce_sql.web.stats import WebStats
+
+    config = configure(
+        secret_key=KEY, fallback_keys=(), cookie_name="sauce", cookie_max_age=3600,
+        cookie_domain=None, secure=None, count_views=True, client_ip="masked",
+        trusted_proxies=(), honor_gpc=False, skip_headless=True,
+        probe_paths=DEFAULT_PROBE_PATHS, static_paths=DEFAULT_STATIC_PATHS,
+        static_extensions=DEFAULT_STATIC_EXTENSIONS, retry_after=1.0, clock=None,
+    )  # fmt: skip
+    visit = begin(config, "GET", "/", {"user-agent": HUMANS[0]}, "203.0.113.5", "http")
+    assert visit.session_id is not None
+    with Store("sqlite://", clean_interval=None) as store:
+        store.new_session(visit.session_id)  # the racing request's
+        store.inc_sequence(visit.session_id, "view")
+        guard = plans.Guard(WebStats(), 1.0)
+        assert plans.run(guard, store, plans.count(visit, SequenceType.VIEW)) == 2
+        session = store.lookup_session(visit.session_id)
+        assert session is not None
+        assert session.view_sequence == 2

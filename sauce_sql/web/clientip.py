@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -39,7 +40,7 @@ class ClientAddress:
     '198.51.100.0'
     """
 
-    __slots__ = ("_networks", "mode")
+    __slots__ = ("_cached", "_networks", "mode")
 
     def __init__(self, mode: str = "masked", trusted_proxies: Sequence[str] = ()) -> None:
         if mode not in IP_MODES:
@@ -56,6 +57,8 @@ class ClientAddress:
                     f"trusted_proxies: {proxy!r} is not an address or network"
                 ) from exc
         self._networks = tuple(networks)
+        # Visitors come back from the same address: parse and mask each one once.
+        self._cached = functools.lru_cache(maxsize=4096)(self._client_ip)
 
     def _trusted(self, address: _Address) -> bool:
         return any(address in network for network in self._networks)
@@ -84,6 +87,9 @@ class ClientAddress:
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """What the store keeps of the client's address under ``mode``."""
+        return self._cached(peer, forwarded_for)
+
+    def _client_ip(self, peer: str | None, forwarded_for: str | None) -> str | None:
         if self.mode == "none":
             return None
         address = self.client_address(peer, forwarded_for)

@@ -1,6 +1,6 @@
 """What a visit asks of the store, written once as plans that a sync and an async
 runner drive (the shape of psycopg's generators): a plan yields the store call it needs
-and receives its result, or has ``SessionNotFound`` thrown in.
+and receives its result, or has ``SessionNotFound`` or ``SessionExists`` thrown in.
 
 The runners fail open: a store that cannot be used is logged once when it goes and once
 when it comes back, counted in between, and not even asked for ``retry_after`` seconds
@@ -10,13 +10,14 @@ request's worker; tracking resumes by itself on the first success.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from sauce_sql.errors import SauceSQLError, SessionNotFound, StoreUnavailable
+from sauce_sql.errors import SauceSQLError, SessionExists, SessionNotFound, StoreUnavailable
 from sauce_sql.models import AnalyticsSession, SequenceType
 from sauce_sql.web.core import Visit
 from sauce_sql.web.stats import WebStats
@@ -24,17 +25,27 @@ from sauce_sql.web.stats import WebStats
 __all__ = ["Guard", "Plan", "count", "finish", "run", "run_async"]
 
 T = TypeVar("T")
-Call = tuple[str, tuple[Any, ...]]
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 Plan = Generator[Call, Any, T]
 
 logger = logging.getLogger("sauce_sql.web")
 _MAX_BACKOFF = 30.0
 
 
-def _ensure(visit: Visit, user_id: str | None = None) -> Plan[AnalyticsSession]:
-    """Make the visitor's session live: created, revived under the cookie's id with the
-    current user agent and client IP, or found live and left as it is."""
-    session: AnalyticsSession = yield ("maybe_revive_session", (visit.revive(user_id),))
+def _ensure(visit: Visit, user_id: str | None = None) -> Plan[AnalyticsSession | None]:
+    """Make the visitor's session live. A new visitor's id was minted here, so its
+    session is one insert (a request of the same visitor that raced ahead may have made
+    it: then it is there, as wanted, and None is returned). A cookie's session is
+    revived under its id with the current user agent and client IP, or found live and
+    left as it is."""
+    revive = visit.revive(user_id)
+    session: AnalyticsSession | None = None
+    if visit.cookie is None:
+        options = {"user_agent": revive.user_agent, "client_ip": revive.client_ip}
+        with contextlib.suppress(SessionExists):
+            session = yield ("new_session", (revive.session_id,), {**options, "user_id": user_id})
+    else:
+        session = yield ("maybe_revive_session", (revive,), {})
     visit.ensured = True
     return session
 
@@ -46,10 +57,10 @@ def count(visit: Visit, kind: SequenceType) -> Plan[int]:
     if not visit.ensured and visit.cookie is None:
         yield from _ensure(visit)
     try:
-        value: int = yield ("inc_sequence", (visit.session_id, kind))
+        value: int = yield ("inc_sequence", (visit.session_id, kind), {})
     except SessionNotFound:
         yield from _ensure(visit)
-        value = yield ("inc_sequence", (visit.session_id, kind))
+        value = yield ("inc_sequence", (visit.session_id, kind), {})
     visit.ensured = True
     return value
 
@@ -59,15 +70,15 @@ def _identify(visit: Visit, user_id: str | None) -> Plan[None]:
     if not visit.ensured:
         if visit.cookie is not None:
             try:
-                yield ("assign_user", (visit.session_id, user_id))
+                yield ("assign_user", (visit.session_id, user_id), {})
                 visit.ensured = True
                 return
             except SessionNotFound:
                 pass
         session = yield from _ensure(visit, user_id)
-        if session.user_id == user_id:
+        if session is not None and session.user_id == user_id:
             return
-    yield ("assign_user", (visit.session_id, user_id))
+    yield ("assign_user", (visit.session_id, user_id), {})
 
 
 def finish(visit: Visit) -> Plan[None]:
@@ -85,10 +96,10 @@ def _drive_sync(store: Any, plan: Plan[T]) -> T:
     try:
         call = next(plan)
         while True:
-            name, args = call
+            name, args, kwargs = call
             try:
-                result = getattr(store, name)(*args)
-            except SessionNotFound as exc:
+                result = getattr(store, name)(*args, **kwargs)
+            except (SessionNotFound, SessionExists) as exc:
                 call = plan.throw(exc)
             else:
                 call = plan.send(result)
@@ -101,10 +112,10 @@ async def _drive_async(store: Any, plan: Plan[T]) -> T:
     try:
         call = next(plan)
         while True:
-            name, args = call
+            name, args, kwargs = call
             try:
-                result = await getattr(store, name)(*args)
-            except SessionNotFound as exc:
+                result = await getattr(store, name)(*args, **kwargs)
+            except (SessionNotFound, SessionExists) as exc:
                 call = plan.throw(exc)
             else:
                 call = plan.send(result)
