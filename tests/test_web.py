@@ -216,6 +216,20 @@ def test_identify_stores_the_user_and_the_cookie_never_holds_it(site: Site) -> N
     assert site.row(sid)["user_id"] == "user-43"
 
 
+def test_clearing_the_user_of_a_new_visitor_writes_nothing(site: Site) -> None:
+    """identify(None) for a visitor without a cookie (a logout page, say) creates no
+    session and sets no cookie; for a known visitor it clears the stored user."""
+    visitor = site.visitor()
+    response = visitor.request("POST", "/login", params={"user": ""})
+    assert cookie_header(response) == []
+    assert site.rows() == []
+    sid = shown(visitor.request("POST", "/login", params={"user": "user-7"}))[0]
+    assert site.row(sid or "")["user_id"] == "user-7"
+    visitor.request("POST", "/login", params={"user": ""})
+    row = site.row(sid or "")
+    assert (row["user_id"], row["view_sequence"]) == (None, 0)
+
+
 @pytest.mark.parametrize(
     ("mode", "stored"), [("masked", "127.0.0.0"), ("full", "127.0.0.1"), ("none", None)]
 )

@@ -96,9 +96,11 @@ class Visit:
         return ReviveSession(self.session_id, user_agent, user_id, self.client_ip())
 
     def identify(self, user_id: str | None) -> None:
-        """Record the app's user for this visitor; it is stored once the response is sent."""
-        if self.skipped is None:
-            self.user = validation.user_id(user_id)
+        """Record the app's user for this visitor; it is stored once the response is sent.
+        Clearing the user of a visitor without a cookie records nothing: it has none."""
+        user = validation.user_id(user_id)
+        if self.skipped is None and (user is not None or self.cookie is not None):
+            self.user = user
 
     def respond(self, status: int, content_type: str) -> str | None:
         """At the response's start: decide whether it is a page view to count, and return
