@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sauce_sql import validation
 from sauce_sql.errors import InvalidInput
+from sauce_sql.web.bots import crawler_index
 from sauce_sql.web.clientip import ClientAddress
 from sauce_sql.web.cookie import MAX_LIFETIME, CookieCodec
 from sauce_sql.web.rules import Rules
@@ -91,7 +92,9 @@ def configure(
     retry_after: float,
     clock: Callable[[], datetime] | None,
 ) -> WebConfig:
-    """The validated options of either middleware."""
+    """The validated options of either middleware. Builds the crawler index too (once
+    per process, about 0.1 s), so that the app's first visitor does not wait for it."""
+    crawler_index()
     rules = Rules(probe_paths, static_paths, static_extensions, skip_headless, honor_gpc)
     return WebConfig(
         secret_key,
