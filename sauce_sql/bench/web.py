@@ -105,7 +105,6 @@ def _environ(path: str = "/", **headers: str) -> dict[str, Any]:
 
 def run_web(directory: str | None = None, rounds: int = 10, per_round: int = 400) -> dict[str, Any]:
     """Measure; the figures as a JSON-ready dict (microseconds)."""
-    from sauce_sql.web.bots import crawler_index
     from sauce_sql.wsgi import SauceMiddleware
 
     with tempfile.TemporaryDirectory(prefix="sauce-sql-bench-web-", dir=directory) as tmp:
@@ -114,7 +113,6 @@ def run_web(directory: str | None = None, rounds: int = 10, per_round: int = 400
         try:
             secret = "bench secret key, 32 bytes long"
             app = SauceMiddleware(_bare, store=cast(Store, counting), secret_key=secret)
-            crawler_index()  # built once per process, at the first check
             first = _environ(USER_AGENT=CHROME.format(0, 0))
             # Returning visitors: one cookie each, their sessions live in the store.
             visitors = [
