@@ -76,7 +76,7 @@ class AsyncStore(StoreCore):
         if engine is not None and url is not None:
             raise InvalidInput("give either url or engine, not both")
         self._database = AsyncDatabase.create(
-            None if engine is not None else parse_url(url), engine, self._config
+            None if engine is not None else parse_url(url, asyncio=True), engine, self._config
         )
         self._describe_database(self._database.url, self._database.dialect.name)
         self._lifecycle = asyncio.Lock()

@@ -50,8 +50,9 @@ _RUNS_ON = (
 )
 
 
-def parse_url(url: str | URL | None) -> URL:
-    """The URL to use, ``postgresql://`` meaning psycopg 3; refuses what we cannot serve."""
+def parse_url(url: str | URL | None, *, asyncio: bool = False) -> URL:
+    """The URL to use, ``postgresql://`` meaning psycopg 3; refuses what we cannot serve
+    (``asyncio``: the asyncio store's, which also runs ``postgresql+asyncpg://``)."""
     if url is None:
         url = DEFAULT_URL
     if not isinstance(url, (str, URL)):
@@ -74,6 +75,13 @@ def parse_url(url: str | URL | None) -> URL:
     backend, _, driver = parsed.drivername.partition("+")
     if backend not in SUPPORTED_DIALECTS:
         raise InvalidInput(f"unsupported database {shown(backend)} in URL; {_RUNS_ON}")
+    if asyncio and backend == "postgresql" and driver == "asyncpg":
+        return parsed
+    if driver == "asyncpg":
+        raise InvalidInput(
+            "unsupported driver 'asyncpg' for Store: asyncpg is an asyncio driver, which "
+            f"AsyncStore runs (postgresql+asyncpg://); {_RUNS_ON}"
+        )
     if driver not in _DRIVERS[backend]:
         raise InvalidInput(
             f"unsupported driver {shown(driver)} for {backend} in URL "

@@ -169,9 +169,10 @@ def make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
         raise ValueError(f"no backend {name!r}")
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """Each backend in turn: SQLite in memory, a SQLite file, PostgreSQL."""
+    """Each backend in turn: SQLite in memory, a SQLite file, PostgreSQL (directly and
+    through PgBouncer); see pytest_generate_tests."""
     yield from make_backend(request.param, tmp_path)
 
 
@@ -218,16 +219,34 @@ def clock() -> FakeClock:
 StoreFactory = Callable[..., Store]
 
 
-#: The two stores: Store itself, and AsyncStore driven through a synchronous face
-#: (tests/_facade.py), so that one behaviour suite checks both.
-STORE_KINDS = ["sync", "async"]
+#: The stores: Store itself, and AsyncStore driven through a synchronous face
+#: (tests/_facade.py), so that one behaviour suite checks both; on PostgreSQL also
+#: AsyncStore on asyncpg (postgresql+asyncpg://).
+STORE_KINDS = ["sync", "async", "asyncpg"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Store tests run on both stores, but those marked ``sync_only``."""
-    if "store_kind" in metafunc.fixturenames:
-        only_sync = metafunc.definition.get_closest_marker("sync_only") is not None
-        metafunc.parametrize("store_kind", ["sync"] if only_sync else STORE_KINDS)
+    """Store tests run on every backend and both stores (asyncpg on PostgreSQL itself),
+    but those marked ``sync_only`` on Store alone."""
+    names = metafunc.fixturenames
+    only_sync = metafunc.definition.get_closest_marker("sync_only") is not None
+    kinds = ["sync"] if only_sync else STORE_KINDS
+    # A test module may define its own backend fixture, with its own params.
+    definitions = metafunc._arg2fixturedefs.get("backend") or ()
+    if definitions and definitions[-1].params is not None:
+        names = [name for name in names if name != "backend"]
+    if "backend" in names and "store_kind" in names:
+        pairs = [
+            pytest.param(backend.values[0], kind, marks=backend.marks)
+            for backend in BACKENDS
+            for kind in kinds
+            if kind != "asyncpg" or backend.values[0] == "postgresql"
+        ]
+        metafunc.parametrize(("backend", "store_kind"), pairs, indirect=["backend"])
+    elif "backend" in names:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+    elif "store_kind" in names:
+        metafunc.parametrize("store_kind", [kind for kind in kinds if kind != "asyncpg"])
 
 
 @pytest.fixture
@@ -235,7 +254,7 @@ def make_store(backend: Backend, clock: FakeClock, store_kind: str) -> Iterator[
     """Make started stores on the backend (fake clock, no cleaner unless asked), of
     each kind."""
     stores: list[Store] = []
-    loop = LoopThread() if store_kind == "async" else None
+    loop = None if store_kind == "sync" else LoopThread()
 
     def make(**options: Any) -> Store:
         options.setdefault("table_name", backend.table_name)
@@ -243,6 +262,8 @@ def make_store(backend: Backend, clock: FakeClock, store_kind: str) -> Iterator[
         options.setdefault("clean_interval", None)
         backend.migrate(options["table_name"])
         url = options.pop("url", backend.url)
+        if store_kind == "asyncpg":
+            url = sa.make_url(url).set(drivername="postgresql+asyncpg")
         if loop is None:
             store = Store(url, **options)
         else:

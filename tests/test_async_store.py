@@ -421,3 +421,34 @@ def test_a_synchronous_engine_is_refused_by_async_store() -> None:
 
     with pytest.raises(TypeError, match="AsyncEngine"):
         AsyncStore(engine=sa.create_engine("sqlite://"))
+
+
+@pytest.fixture(params=["pgbouncer_transaction", "pgbouncer_statement"])
+def pooled(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """PostgreSQL through a real PgBouncer in transaction and in statement mode."""
+    yield from make_backend(request.param, tmp_path)
+
+
+@pytest.mark.postgresql
+def test_asyncpg_through_pgbouncer_counts_exactly(pooled: Backend) -> None:
+    """AsyncStore on asyncpg through PgBouncer, 16 tasks on one session: every
+    increment lands in the right column (no statement cache by default)."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(pooled.url).set(drivername="postgresql+asyncpg")
+
+    async def scenario() -> tuple[int, int]:
+        options: dict[str, Any] = {"table_name": pooled.table_name, "clean_interval": None}
+        async with AsyncStore(url, **options) as store:
+            sid = (await store.new_session()).session_id
+
+            async def work() -> None:
+                for n in range(40):
+                    await store.inc_sequence(sid, "view" if n % 4 else "event")
+
+            await asyncio.gather(*(work() for _ in range(16)))
+            session = await store.lookup_session(sid)
+            assert session is not None
+            return session.view_sequence, session.event_sequence
+
+    assert run(scenario) == (16 * 30, 16 * 10)

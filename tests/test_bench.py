@@ -58,7 +58,14 @@ def test_bench_runs_every_part_at_tiny_sizes(tmp_path: Path) -> None:
     assert "redis" in results["skipped"]
     assert results["targets"]
     report = format_report(results)
-    assert "Targets (issue 3)" in report
+    assert "Targets (issues 3 and 10)" in report
+    asyncio = results["asyncio"]
+    for backend in ("sqlite", "postgresql") if pg else ("sqlite",):
+        contenders = asyncio[backend]["single"]["inc_sequence"]
+        assert "async" in contenders
+        assert len(contenders) >= 3  # the store and at least two to compare with
+        assert f"asyncio, {'SQLite WAL file' if backend == 'sqlite' else 'PostgreSQL'}" in report
+    assert asyncio["sqlite"]["lag_while_locked"]["write_took_ms"] >= 500
     for secret in ("SECRET1", "SECRET2"):
         assert secret not in json.dumps(results)
         assert secret not in report

@@ -36,6 +36,7 @@ def test_cleanup_in_many_batches_deletes_every_expired_row(
     assert store.cleanup() == 0
 
 
+@pytest.mark.sync_only("pauses a cleanup between batches by patching the sync executor's write")
 def test_rows_revived_during_cleanup_survive(
     make_store: StoreFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,13 +83,17 @@ class AsyncDatabase:
             return ServerDatabase(config, engine.url, engine.sync_engine.dialect, engine, None)
         assert url is not None
         name = backend_for(url.get_backend_name()).name
-        if name == "postgresql" and url.get_driver_name() not in ("", "psycopg"):
-            raise InvalidInput(
-                f"AsyncStore runs postgresql:// on psycopg, not {url.get_driver_name()!r}"
-            )
-        own = create_store_engine(url, durability=config.durability, timeout=config.timeout)
+        asyncpg = url.get_driver_name() == "asyncpg"
+        # Schema work is synchronous: on psycopg, whichever driver runs the statements.
+        schema_url = url.set(drivername="postgresql+psycopg") if asyncpg else url
+        own = create_store_engine(schema_url, durability=config.durability, timeout=config.timeout)
         if name == "sqlite":
             return SQLiteDatabase(config, own.url, own.dialect, own, own)
+        if asyncpg:
+            from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+
+            dialect = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+            return ServerDatabase(config, url, dialect, own, own)
         return ServerDatabase(config, own.url, own.dialect, own, own)
 
     async def open(self, describe: str) -> AsyncExecutor:
@@ -150,7 +154,7 @@ class ServerDatabase(AsyncDatabase):
     """PostgreSQL through psycopg's AsyncConnection."""
 
     async def open(self, describe: str) -> AsyncExecutor:
-        from sauce_sql.backends.postgresql.aio import AsyncServerExecutor
+        from sauce_sql.backends.postgresql.aio import AsyncpgDriver, AsyncServerExecutor
 
         if self.own is not None:
             await self._own_schema(describe, memory=False)
@@ -164,7 +168,12 @@ class ServerDatabase(AsyncDatabase):
             timeout=config.timeout,
             max_connections=config.max_connections,
             max_idle_connections=config.max_idle_connections,
+            driver=AsyncpgDriver() if self._asyncpg else None,
         )
+
+    @property
+    def _asyncpg(self) -> bool:
+        return self.dialect.driver == "asyncpg"
 
     async def _app_schema(self, describe: str) -> None:
         from alembic.util import CommandError
@@ -185,9 +194,12 @@ class ServerDatabase(AsyncDatabase):
             proxy = await self.engine.raw_connection()
             connection = proxy.driver_connection
             proxy.detach()
-            await connection.set_autocommit(True)
-            connection.prepare_threshold = prepare_threshold(self.url)
+            if not self._asyncpg:
+                await connection.set_autocommit(True)
+                connection.prepare_threshold = prepare_threshold(self.url)
             return connection
+        if self._asyncpg:
+            return await self._connect_asyncpg()
         import psycopg
 
         _, params = engine.dialect.create_connect_args(engine.url)
@@ -196,27 +208,48 @@ class ServerDatabase(AsyncDatabase):
         params.setdefault("connect_timeout", max(2, min(5, int(self.config.timeout))))
         return await psycopg.AsyncConnection.connect(autocommit=True, **params)
 
+    async def _connect_asyncpg(self) -> Any:
+        """A new asyncpg connection. Its statement cache (named prepared statements)
+        stays off unless the URL's ``prepare_threshold`` says the pooler takes them:
+        see engine.prepare_threshold."""
+        import asyncpg
+
+        url = self.url.set(drivername="postgresql").difference_update_query(["prepare_threshold"])
+        cache = 0 if prepare_threshold(self.url) is None else 100
+        return await asyncpg.connect(
+            url.render_as_string(hide_password=False),
+            statement_cache_size=cache,
+            timeout=max(2, min(5, self.config.timeout)),
+        )
+
     @contextlib.asynccontextmanager
     async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
         """A transaction-scoped advisory lock on a connection of its own, as the
         synchronous store's cleaner holds (see cleanup.cleanup_round)."""
-        import psycopg
+        from sauce_sql.backends.postgresql.aio import AsyncpgDriver, Driver
 
+        driver = AsyncpgDriver() if self._asyncpg else Driver()
+        errors: tuple[type[BaseException], ...] = (*driver.error, OSError, asyncio.TimeoutError)
         key = zlib.crc32(f"sauce_sql:cleanup:{table_name}".encode())
         try:
             connection = await asyncio.wait_for(self._connect(), self.config.timeout)
-        except (psycopg.Error, OSError, asyncio.TimeoutError):
+        except errors:
             yield True  # the batches will report what is wrong with the server
             return
         try:
             try:
                 await connection.execute("BEGIN")
-                cursor = await connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))
-                row = await cursor.fetchone()
-            except psycopg.Error:
+                if self._asyncpg:
+                    got = await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", key)
+                else:
+                    cursor = await connection.execute(
+                        "SELECT pg_try_advisory_xact_lock(%s)", (key,)
+                    )
+                    got = (await cursor.fetchone())[0]
+            except errors:
                 yield True  # no transaction to be had (statement pooling): clean anyway
                 return
-            yield bool(row and row[0])
+            yield bool(got)
         finally:
-            with contextlib.suppress(psycopg.Error, OSError):
-                await connection.close()
+            with contextlib.suppress(*errors):
+                await driver.close(connection)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sauce_sql.backends.sqlite.executor import SQLiteExecutor
+from sauce_sql.bench import aio
 from sauce_sql.bench import workloads as work
 from sauce_sql.bench.clients import OPERATIONS, RawPostgres, RawSQLite, RedisClient, store_ops
 from sauce_sql.bench.report import evaluate, format_report
@@ -310,6 +311,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
         else:
             assert options.pg_url is not None
             results["postgresql"] = _postgres(options.pg_url, options)
+        _log("asyncio: AsyncStore beside Store, aiosqlite and the raw async drivers")
+        rounds, per_round = options.rounds, options.per_round
+        results["asyncio"] = {
+            "sqlite": aio.asyncio_sqlite(Path(tmp), options.sessions, rounds, per_round)
+        }
+        if "postgresql" in results:
+            assert options.pg_url is not None
+            results["asyncio"]["postgresql"] = aio.asyncio_postgres(
+                options.pg_url, options.sessions, rounds, per_round
+            )
         results["memory"] = []
         for count in options.memory_sessions:
             _log(f"memory: {count} sessions")

@@ -236,10 +236,19 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
         dollar = _sql("bench_async", asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
         max_age = timedelta(seconds=MAX_AGE)
 
-        async with AsyncStore(url, table_name="bench_async", clean_interval=None) as store:
+        options: dict[str, Any] = {"table_name": "bench_async", "clean_interval": None}
+        # asyncpg as the store runs it by default (no statement cache: PgBouncer-safe),
+        # and with prepared statements, as a URL saying the pooler takes them asks.
+        on_asyncpg = AsyncStore(_asyncpg_url(url), **options)
+        prepared = AsyncStore(_asyncpg_url(url, prepare_threshold="0"), **options)
+        async with AsyncStore(url, **options) as store, on_asyncpg, prepared:
             contenders: dict[str, dict[str, Callable[[str], Any]]] = {
                 op: {"async": call} for op, call in _async_ops(store).items()
             }
+            for op, call in _async_ops(on_asyncpg).items():
+                contenders[op]["async_asyncpg"] = call
+            for op, call in _async_ops(prepared).items():
+                contenders[op]["async_asyncpg_prepared"] = call
             connection = await psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, prepare_threshold=None
             )
@@ -258,19 +267,21 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
 
             contenders["inc_sequence"]["psycopg"] = psycopg_inc
             contenders["lookup_session"]["psycopg"] = psycopg_lookup
-            asyncpg_connection = await _asyncpg(dsn, result)
-            if asyncpg_connection is not None:
-                dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
+            asyncpgs = [await _asyncpg(dsn, result, cache) for cache in (100, 0)]
+            dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
+            for name, raw in zip(("asyncpg", "asyncpg_uncached"), asyncpgs, strict=True):
+                if raw is None:
+                    continue
 
-                async def asyncpg_inc(sid: str) -> Any:
+                async def asyncpg_inc(sid: str, raw: Any = raw) -> Any:
                     now = datetime.now(_UTC)
-                    return await asyncpg_connection.fetchrow(dollar_inc, 1, now, now + max_age, sid)
+                    return await raw.fetchrow(dollar_inc, 1, now, now + max_age, sid)
 
-                async def asyncpg_lookup(sid: str) -> Any:
-                    return await asyncpg_connection.fetchrow(dollar_select, sid, datetime.now(_UTC))
+                async def asyncpg_lookup(sid: str, raw: Any = raw) -> Any:
+                    return await raw.fetchrow(dollar_select, sid, datetime.now(_UTC))
 
-                contenders["inc_sequence"]["asyncpg"] = asyncpg_inc
-                contenders["lookup_session"]["asyncpg"] = asyncpg_lookup
+                contenders["inc_sequence"][name] = asyncpg_inc
+                contenders["lookup_session"][name] = asyncpg_lookup
             try:
                 result["single"] = {
                     op: await _interleaved(c, ids, rounds=rounds, per_round=per_round)
@@ -278,8 +289,9 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
                 }
             finally:
                 await connection.close()
-                if asyncpg_connection is not None:
-                    await asyncpg_connection.close()
+                for raw in asyncpgs:
+                    if raw is not None:
+                        await raw.close()
             pool = [
                 await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None)
                 for _ in range(10)
@@ -306,12 +318,84 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
     return result
 
 
-async def _asyncpg(dsn: str, result: dict[str, Any]) -> Any:
+def _asyncpg_url(url: str, **query: str) -> str:
+    from sqlalchemy import make_url
+
+    parsed = make_url(url).set(drivername="postgresql+asyncpg").update_query_dict(query)
+    return parsed.render_as_string(hide_password=False)
+
+
+async def _asyncpg(dsn: str, result: dict[str, Any], cache: int) -> Any:
     try:
         import asyncpg
     except ImportError:
         result["skipped"]["asyncpg"] = "asyncpg is not installed (pip install asyncpg)"
         return None
-    connection = await asyncpg.connect(dsn)
+    connection = await asyncpg.connect(dsn, statement_cache_size=cache)
     await connection.execute("SET TIME ZONE 'UTC'")
     return connection
+
+
+def async_targets(results: dict[str, Any]) -> list[tuple[str, float, float, str]]:
+    """The asyncio targets (issue 10) the run has figures for: (name, measured,
+    limit, unit), each to be at most its limit but for ops/s."""
+    found: list[tuple[str, float, float, str]] = []
+    lite = results.get("sqlite")
+    if lite:
+        for op, figures in lite["single"].items():
+            ratio = figures["async"]["median_us"] / figures["sync"]["median_us"]
+            found.append((f"asyncio sqlite {op} / Store (median)", ratio, 1.3, "x"))
+        stall = lite["lag_while_locked"]["worst_stall_ms"]
+        found.append(("asyncio sqlite loop stall, lock held 1 s elsewhere", stall, 2.0, "ms"))
+    pg = results.get("postgresql")
+    if pg:
+        # Like against like: the store on each driver and setting against that raw driver.
+        pairs = {
+            "psycopg": ("async", "psycopg"),
+            "asyncpg, no statement cache": ("async_asyncpg", "asyncpg_uncached"),
+            "asyncpg, prepared statements": ("async_asyncpg_prepared", "asyncpg"),
+        }
+        for op, figures in pg["single"].items():
+            for label, (ours, raw) in pairs.items():
+                if ours in figures and raw in figures:
+                    ratio = figures[ours]["median_us"] / figures[raw]["median_us"]
+                    found.append((f"asyncio postgresql {op} / raw {label}", ratio, 1.15, "x"))
+        tasks = pg["tasks_64"]
+        found.append(
+            (
+                "asyncio postgresql 64 tasks ops/s, at least a raw pool's",
+                tasks["store_ops_per_s"],
+                tasks["raw_pool_10_ops_per_s"],
+                "ops/s",
+            )
+        )
+    return found
+
+
+def async_lines(results: dict[str, Any]) -> list[str]:
+    """The asyncio figures as report lines."""
+    lines: list[str] = []
+    for part, title in (("sqlite", "SQLite WAL file"), ("postgresql", "PostgreSQL")):
+        figures = results.get(part)
+        if not figures:
+            continue
+        for what, why in figures["skipped"].items():
+            lines.append(f"skipped asyncio {part} {what}: {why}")
+        lines.append(f"asyncio, {title}, one task (median us):")
+        for op, contenders in figures["single"].items():
+            row = ", ".join(f"{name} {v['median_us']:.1f}" for name, v in contenders.items())
+            lines.append(f"  {op:<16} {row}")
+        if part == "sqlite":
+            locked = figures["lag_while_locked"]
+            lines.append(
+                f"  loop: worst stall {locked['worst_stall_ms']:.2f} ms while another process"
+                f" held the write lock and a write waited {locked['write_took_ms']:.0f} ms;"
+                f" {figures['lag_16_tasks_ms']:.1f} ms between ticks with 16 tasks writing flat out"
+            )
+        else:
+            tasks = figures["tasks_64"]
+            lines.append(
+                f"  64 tasks: store {tasks['store_ops_per_s']:.0f} ops/s,"
+                f" raw pool of 10 psycopg connections {tasks['raw_pool_10_ops_per_s']:.0f} ops/s"
+            )
+    return lines

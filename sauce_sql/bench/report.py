@@ -8,6 +8,8 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sauce_sql.bench.aio import async_lines, async_targets
+
 __all__ = ["Target", "evaluate", "format_report"]
 
 SINGLE_LIMITS = {
@@ -97,6 +99,11 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
             )
         worst = pg["cleanup"]["store"]["worst_wait_ms"]
         at_most("postgresql cleanup: writer's worst wait, all runs", worst, 10, "ms")
+    for name, measured, limit, unit in async_targets(results.get("asyncio") or {}):
+        if unit == "ops/s":
+            targets.append(Target(name, measured, limit, unit, measured >= limit))
+        else:
+            at_most(name, measured, limit, unit)
     memory = results.get("memory") or []
     if len(memory) >= 2:
         growth = memory[-1]["rss_mb_after_ops"] - memory[0]["rss_mb_after_ops"]
@@ -202,6 +209,8 @@ def format_report(results: dict[str, Any]) -> str:
             f"  bytes on disk per session (table + indexes): {pg['bytes_per_session']:.0f}"
         )
         lines.append("")
+    lines += async_lines(results.get("asyncio") or {})
+    lines.append("")
     for m in results.get("memory") or []:
         lines.append(
             f"memory: {m['sessions']:>8} sessions: RSS {m['rss_mb_started']:.1f} MB started,"
@@ -209,6 +218,6 @@ def format_report(results: dict[str, Any]) -> str:
             f" {m['bytes_per_session']:.0f} bytes on disk per session (SQLite);"
             f" populated in {m['populate_s']:.1f} s"
         )
-    lines += ["", "Targets (issue 3)"]
+    lines += ["", "Targets (issues 3 and 10)"]
     lines += [Target(**t).line() for t in results["targets"]]
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from sauce_sql.backends.postgresql.executor import SERVER_NOW, budget_spent, too
 from sauce_sql.errors import StoreUnavailable, unavailable, unstorable
 from sauce_sql.prepared import Prepared
 
-__all__ = ["AsyncServerExecutor", "Connect"]
+__all__ = ["AsyncServerExecutor", "AsyncpgDriver", "Connect", "Driver"]
 
 Connect = Callable[[], Awaitable[Any]]
 """Opens a new ``psycopg.AsyncConnection`` in autocommit."""
@@ -38,14 +38,92 @@ Connect = Callable[[], Awaitable[Any]]
 _SET_UP: Any = Raw("SET TIME ZONE 'UTC'", returns_rows=False)
 
 
+class Driver:
+    """What the executor needs of an asyncio driver: psycopg's, unless said otherwise."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.error: tuple[type[BaseException], ...] = (psycopg.Error,)
+        self._idle = psycopg.pq.TransactionStatus.IDLE
+
+    def cursor(self, connection: Any) -> Any:
+        """What statements run through (reused for every call on the connection)."""
+        return connection.cursor()
+
+    async def run(self, held: _Held, sql: str, parameters: Any, returns_rows: bool) -> Result:
+        """Run one statement; its rows and the number of rows it changed."""
+        cursor = held.cursor
+        await cursor.execute(sql, parameters)
+        rows = await cursor.fetchall() if returns_rows else []
+        return rows, cursor.rowcount
+
+    def lost(self, connection: Any) -> bool:
+        """Whether the connection is dead (after a driver error)."""
+        return bool(connection.closed or connection.broken)
+
+    def idle(self, connection: Any) -> bool:
+        """Whether the connection is open and runs nothing: safe to reuse."""
+        return bool(connection.info.transaction_status == self._idle)
+
+    def end(self, connection: Any) -> None:
+        """Make a call in flight fail now: shut the socket under the driver."""
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.dup(connection.fileno())
+            with socket.socket(fileno=fd) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    async def close(self, connection: Any) -> None:
+        """Close the connection."""
+        await connection.close()
+
+
+class AsyncpgDriver(Driver):
+    """asyncpg (``postgresql+asyncpg://``)."""
+
+    def __init__(self) -> None:
+        import asyncpg
+
+        self.error = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+    def cursor(self, connection: Any) -> Any:
+        return connection
+
+    async def run(self, held: _Held, sql: str, parameters: Any, returns_rows: bool) -> Result:
+        connection = held.connection
+        if returns_rows:
+            rows = await connection.fetch(sql, *parameters)
+            return rows, len(rows)
+        status = await connection.execute(sql, *parameters)
+        count = status.rpartition(" ")[2]
+        return [], int(count) if count.isdigit() else 0
+
+    def lost(self, connection: Any) -> bool:
+        return bool(connection.is_closed())
+
+    def idle(self, connection: Any) -> bool:
+        # asyncpg cannot say whether a cancelled statement still runs: never reuse.
+        return False
+
+    def end(self, connection: Any) -> None:
+        connection.terminate()
+
+    async def close(self, connection: Any) -> None:
+        await connection.close(timeout=CLOSE_WAIT)
+
+
+#: How long closing an asyncpg connection may wait for the server to say goodbye.
+CLOSE_WAIT = 1.0
+
+
 class _Held:
     """An asyncio connection the executor holds, with its one reused cursor."""
 
     __slots__ = ("connection", "cursor", "epoch", "timed_out")
 
-    def __init__(self, connection: Any, epoch: int) -> None:
+    def __init__(self, connection: Any, cursor: Any, epoch: int) -> None:
         self.connection = connection
-        self.cursor = connection.cursor()
+        self.cursor = cursor
         self.epoch = epoch
         self.timed_out = False
 
@@ -62,13 +140,13 @@ class AsyncServerExecutor:
         timeout: float,
         max_connections: int,
         max_idle_connections: int,
+        driver: Driver | None = None,
     ) -> None:
-        import psycopg
-
         self._connect = connect
         self._dialect = dialect
-        self._error: type[Exception] = psycopg.Error
-        self._idle_status = psycopg.pq.TransactionStatus.IDLE
+        self._driver = Driver() if driver is None else driver
+        # The driver's errors, and the socket's.
+        self._errors: tuple[type[BaseException], ...] = (*self._driver.error, OSError)
         self._describe = describe
         self._timeout = timeout
         self._max_connections = max_connections
@@ -145,7 +223,7 @@ class AsyncServerExecutor:
     async def _connection(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Held:
         while self._idle:
             held = self._idle.pop()
-            if held.epoch == self._epoch and not held.connection.closed:
+            if held.epoch == self._epoch and not self._driver.lost(held.connection):
                 return held
             await self._discard(held)
         if self._closed:
@@ -154,11 +232,9 @@ class AsyncServerExecutor:
             connection = await asyncio.wait_for(self._connect(), max(deadline - loop.time(), 0))
         except asyncio.TimeoutError as exc:
             raise too_slow(self._describe, self._timeout) from exc
-        except self._error as exc:
+        except self._errors as exc:
             raise self._unavailable(exc) from exc
-        except OSError as exc:
-            raise self._unavailable(exc) from exc
-        held = _Held(connection, self._epoch)
+        held = _Held(connection, self._driver.cursor(connection), self._epoch)
         # See the synchronous executor: results come back in timezone.utc.
         await self._execute(loop, held, _SET_UP, (), deadline, keep=False)
         return held
@@ -176,25 +252,19 @@ class AsyncServerExecutor:
         """Run one statement on ``held`` by ``deadline``. On failure the connection is
         kept (if idle and ``keep``) or closed, and the store's error raised."""
         timer = loop.call_at(deadline, self._end, held)
-        cursor = held.cursor
         try:
-            await cursor.execute(prepared.sql, parameters)
-            found = await cursor.fetchall() if prepared.returns_rows else []
-            count = cursor.rowcount
+            result = await self._driver.run(held, prepared.sql, parameters, prepared.returns_rows)
         except BaseException as exc:
             timer.cancel()
             await self._after_failure(held, exc, keep=keep)
             raise  # _after_failure raises the store's error for driver errors
         timer.cancel()
-        return found, count
+        return result
 
     def _end(self, held: _Held) -> None:
         """The call's deadline passed: shut its socket so the awaiting driver fails now."""
         held.timed_out = True
-        with contextlib.suppress(OSError, ValueError):
-            fd = os.dup(held.connection.fileno())
-            with socket.socket(fileno=fd) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
+        self._driver.end(held.connection)
 
     def _give_back(self, held: _Held) -> None:
         if self._closed or held.epoch < self._epoch or len(self._idle) >= self._keep_idle:
@@ -205,7 +275,8 @@ class AsyncServerExecutor:
     async def _after_failure(self, held: _Held, exc: BaseException, *, keep: bool) -> None:
         """Keep ``held`` (if ``keep`` and it is idle) or close it after its call raised
         ``exc``; raise the store's error for a timeout or a driver error."""
-        lost = isinstance(exc, self._error) and (held.connection.closed or held.connection.broken)
+        driver_error = isinstance(exc, self._errors)
+        lost = driver_error and self._driver.lost(held.connection)
         if held.timed_out or lost or not keep:
             await self._discard(held)
         else:
@@ -216,11 +287,11 @@ class AsyncServerExecutor:
         if lost:
             self._epoch += 1
             raise ConnectionLost(*self._unavailable(exc).args) from exc
-        if isinstance(exc, (UnicodeEncodeError, self._error)):
+        if driver_error or isinstance(exc, UnicodeEncodeError):
             raise (unstorable(exc) or self._unavailable(exc)) from exc
 
     def _keep_if_idle(self, held: _Held) -> None:
-        if held.connection.info.transaction_status == self._idle_status:
+        if self._driver.idle(held.connection):
             self._give_back(held)
         else:
             self._close_soon(held)
@@ -231,8 +302,8 @@ class AsyncServerExecutor:
         task.add_done_callback(self._closing.discard)
 
     async def _discard(self, held: _Held) -> None:
-        with contextlib.suppress(self._error, OSError):
-            await held.connection.close()
+        with contextlib.suppress(*self._errors, asyncio.TimeoutError):
+            await self._driver.close(held.connection)
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return unavailable(f"database {self._describe} is unavailable", exc)
