@@ -60,6 +60,7 @@ class AsyncStore(StoreCore):
         timeout: float = 10.0,
         max_connections: int = 10,
         max_idle_connections: int | None = None,
+        lean_expiry: bool = False,
     ) -> None:
         super().__init__(
             StoreConfig.create(
@@ -71,6 +72,7 @@ class AsyncStore(StoreCore):
                 timeout=timeout,
                 max_connections=max_connections,
                 max_idle_connections=max_idle_connections,
+                lean_expiry=lean_expiry,
             )
         )
         if engine is not None and url is not None:
@@ -100,7 +102,7 @@ class AsyncStore(StoreCore):
                 return self
             executor = await self._database.open(self._describe)
             try:
-                self._prepared = PreparedStatements(self._database.dialect, self._config.table_name)
+                self._prepared = PreparedStatements(self._database.dialect, self._config)
                 server_now = getattr(executor, "server_now", None)
                 if server_now is not None:
                     # One clock for every app server: the database server's (clocks.py).

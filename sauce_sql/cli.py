@@ -111,6 +111,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+BENCH_SIZES = (
+    "sessions",
+    "rounds",
+    "per-round",
+    "cleanup-rows",
+    "cleanup-runs",
+    "hot-sessions",
+    "hot-increments",
+    "load-processes",
+    "load-threads",
+    "pool-size",
+    "load-rounds",
+)
+
+
+def _bench_parts(text: str) -> str:
+    from sauce_sql.bench import PARTS
+
+    unknown = [part for part in text.split(",") if part.strip() not in PARTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"no part {unknown[0]!r}; the parts are {', '.join(PARTS)}"
+        )
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -177,10 +203,17 @@ def _parser() -> argparse.ArgumentParser:
         help="only what the web middleware adds to a request (needs sauce-sql[web])",
     )
     sub.add_argument("--dir", help="where its SQLite files go (default: a temporary dir)")
-    for size in ("sessions", "rounds", "per-round", "cleanup-rows", "cleanup-runs"):
+    for size in BENCH_SIZES:
         sub.add_argument(f"--{size}", type=_positive_int, help=f"override the {size}")
     sub.add_argument("--seconds", type=float, help="seconds per concurrent run")
+    sub.add_argument("--load-seconds", type=float, help="seconds per round of the pooler load")
     sub.add_argument("--memory-sessions", help="session counts for the memory probe: 10000,1000000")
+    sub.add_argument(
+        "--only",
+        type=_bench_parts,
+        help="run only these parts, comma-separated: sqlite, postgresql, lean-expiry,"
+        " pgbouncer, asyncio, memory",
+    )
     sub.set_defaults(run=cmd_bench)
     return parser
 

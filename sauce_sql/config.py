@@ -40,6 +40,7 @@ class StoreConfig:
     timeout: float
     max_connections: int
     max_idle_connections: int
+    lean_expiry: bool
 
     @classmethod
     def create(
@@ -53,10 +54,13 @@ class StoreConfig:
         timeout: object = 10.0,
         max_connections: object = 10,
         max_idle_connections: object = None,
+        lean_expiry: object = False,
     ) -> StoreConfig:
         """Check every option, raising InvalidInput or TypeError on the first bad one."""
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        if not isinstance(lean_expiry, bool):
+            raise TypeError(f"lean_expiry must be a bool, not {type(lean_expiry).__name__}")
         if durability not in DURABILITY_MODES:
             raise InvalidInput(f"durability must be 'normal' or 'full', got {shown(durability)}")
         max_age = validation.positive_seconds(session_max_age, "session_max_age")
@@ -88,4 +92,5 @@ class StoreConfig:
             timeout=seconds,
             max_connections=most,
             max_idle_connections=idle,
+            lean_expiry=lean_expiry,
         )

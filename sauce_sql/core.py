@@ -33,9 +33,9 @@ __all__ = ["PreparedStatements", "StoreCore"]
 class PreparedStatements:
     """The store's statements compiled for its dialect, and the row reader."""
 
-    def __init__(self, dialect: Dialect, table_name: str) -> None:
-        table = sessions_table(table_name)
-        built = statements.build(table, dialect.name)
+    def __init__(self, dialect: Dialect, config: StoreConfig) -> None:
+        table = sessions_table(config.table_name)
+        built = statements.build(table, dialect.name, lean_expiry=config.lean_expiry)
         for field in fields(built):
             names = built.PARAMETERS[field.name]
             setattr(self, field.name, Prepared(getattr(built, field.name), dialect, names))

@@ -9,14 +9,14 @@ by the runner, out of the generator.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sauce_sql.backends.base import AsyncExecutor, Executor, Result
 from sauce_sql.prepared import Prepared
 
-__all__ = ["CHECKPOINT", "Operation", "Step", "arun", "run"]
+__all__ = ["CHECKPOINT", "Operation", "Step", "Transaction", "arun", "maybe_revive", "run"]
 
 T = TypeVar("T")
 
@@ -35,10 +35,19 @@ class Step:
     slow: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """Several statements in one SQLite transaction on the write path: ``body(run)``
+    runs them (see SQLiteExecutor.transaction); the operation is sent what it returns.
+    An asyncio store runs it in a worker thread."""
+
+    body: Callable[[Any], Any]
+
+
 #: Not a statement: a hint that much was written (see Executor.checkpoint_soon).
 CHECKPOINT = Step(None, {})  # type: ignore[arg-type]
 
-Operation = Generator[Step, Result, T]
+Operation = Generator[Step | Transaction, Any, T]
 """An operation: yields steps, is sent their results, returns its own."""
 
 _NOTHING: Result = ([], 0)
@@ -49,7 +58,10 @@ def run(executor: Executor, operation: Operation[T]) -> T:
     try:
         step = next(operation)
         while True:
-            if step is CHECKPOINT:
+            result: Any
+            if isinstance(step, Transaction):
+                result = executor.transaction(step.body)  # type: ignore[attr-defined]
+            elif step is CHECKPOINT:
                 executor.checkpoint_soon()
                 result = _NOTHING
             elif step.write:
@@ -67,7 +79,10 @@ async def arun(executor: AsyncExecutor, operation: Operation[T]) -> T:
     try:
         step = next(operation)
         while True:
-            if step is CHECKPOINT:
+            result: Any
+            if isinstance(step, Transaction):
+                result = await executor.transaction(step.body)  # type: ignore[attr-defined]
+            elif step is CHECKPOINT:
                 executor.checkpoint_soon()
                 result = _NOTHING
             elif step.slow:

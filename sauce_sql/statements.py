@@ -10,11 +10,18 @@ whose runtime values are named bind parameters:
 Each operation is one statement, atomic on its own: counters are ``UPDATE ... RETURNING``,
 creation and revival are the dialect's own upsert (``INSERT ... ON CONFLICT DO UPDATE``),
 so there is no select-then-write race to lose.
+
+On PostgreSQL an increment or ``assign_user`` moves ``expires_at`` (an indexed column)
+only when it is at least :func:`expiry_resolution` short of ``expires``: an update that
+changes no indexed column can be a HOT update (the new row version on the same page, no
+new index entries), so steady counting neither grows the index nor leaves dead entries
+for vacuum. SQLite rewrites the row in its B-tree either way and keeps expiry exact.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -22,12 +29,15 @@ from sqlalchemy import (
     ColumnElement,
     Delete,
     Insert,
+    Integer,
+    Interval,
     Select,
     String,
     Table,
     Update,
     any_,
     bindparam,
+    case,
     delete,
     func,
     literal_column,
@@ -39,9 +49,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from sauce_sql.schema import UTCDateTime
 
-__all__ = ["SUPPORTED_DIALECTS", "SessionStatements", "build"]
+__all__ = [
+    "RESOLUTION_CAP",
+    "RESOLUTION_SHARE",
+    "SUPPORTED_DIALECTS",
+    "SessionStatements",
+    "build",
+    "expiry_resolution",
+]
 
 SUPPORTED_DIALECTS = ("postgresql", "sqlite")
+#: On PostgreSQL, expires_at may lag ``now + session_max_age`` by up to
+#: ``min(session_max_age / RESOLUTION_SHARE, RESOLUTION_CAP)`` after an increment or
+#: assign_user (see :func:`expiry_resolution`).
+RESOLUTION_SHARE = 20
+RESOLUTION_CAP = timedelta(minutes=5)
 
 _now = bindparam("now", type_=UTCDateTime())
 _expires = bindparam("expires", type_=UTCDateTime())
@@ -80,16 +102,47 @@ class SessionStatements:
     }
 
 
+def expiry_resolution(session_max_age: timedelta) -> timedelta:
+    """How far short of ``now + session_max_age`` a PostgreSQL increment or
+    ``assign_user`` may leave ``expires_at``: 5% of the max age, at most 5 minutes.
+
+    >>> expiry_resolution(timedelta(hours=1))
+    datetime.timedelta(seconds=180)
+    """
+    return min(session_max_age / RESOLUTION_SHARE, RESOLUTION_CAP)
+
+
 def _live(table: Table) -> ColumnElement[bool]:
     return (table.c.session_id == _sid) & (table.c.expires_at > _now)
 
 
-def _increment(table: Table, column: str) -> Update:
+def _sliding_expiry(table: Table, dialect: str, *, exact: bool) -> ColumnElement[Any]:
+    """The ``expires_at`` an increment or assign_user writes.
+
+    On PostgreSQL the stored value is kept while it lies within the resolution below
+    ``expires`` (and not past it), so the row's indexed columns are unchanged and the
+    update can be HOT. The resolution is computed from the statement's own ``now`` and
+    ``expires`` (their difference is the store's max age), so the statement takes the
+    same parameters as the exact one and a store of another max age on the same table
+    gets its own resolution.
+    """
+    if exact or dialect == "sqlite":
+        return _expires
+    stored = table.c.expires_at
+    max_age = (_expires - _now).self_group()
+    share = max_age.op("/")(literal_column(str(RESOLUTION_SHARE), Integer()))
+    cap = literal_column(f"interval '{RESOLUTION_CAP.total_seconds():.0f} seconds'", Interval())
+    resolution = func.least(share, cap, type_=Interval())
+    fresh_enough = (stored >= _expires - resolution) & (stored <= _expires)
+    return case((fresh_enough, stored), else_=_expires)
+
+
+def _increment(table: Table, column: str, expiry: ColumnElement[Any]) -> Update:
     counter = table.c[column]
     return (
         update(table)
         .where(_live(table))
-        .values({counter: counter + 1, table.c.last_modified: _now, table.c.expires_at: _expires})
+        .values({counter: counter + 1, table.c.last_modified: _now, table.c.expires_at: expiry})
         .returning(counter)
     )
 
@@ -191,22 +244,28 @@ def _delete_expired_upto(table: Table) -> Delete:
     return delete(table).where(tuple_(table.c.expires_at, table.c.session_id) <= bound)
 
 
-def build(table: Table, dialect: str) -> SessionStatements:
-    """All statements for ``table`` on ``dialect`` (one of :data:`SUPPORTED_DIALECTS`)."""
+def build(table: Table, dialect: str, *, lean_expiry: bool = False) -> SessionStatements:
+    """All statements for ``table`` on ``dialect`` (one of :data:`SUPPORTED_DIALECTS`).
+
+    Every write sets ``expires_at`` to ``expires``, unless ``lean_expiry`` (the store's
+    option of that name) has increments and assign_user on PostgreSQL keep a stored
+    expiry within the resolution (HOT updates).
+    """
     if dialect not in SUPPORTED_DIALECTS:
         raise ValueError(f"unsupported dialect {dialect!r}")
+    expiry = _sliding_expiry(table, dialect, exact=not lean_expiry)
     return SessionStatements(
         select_live=select(*table.c).where(_live(table)),
         exists_live=select(literal_column("1")).select_from(table).where(_live(table)),
-        increment_view=_increment(table, "view_sequence"),
-        increment_event=_increment(table, "event_sequence"),
+        increment_view=_increment(table, "view_sequence", expiry),
+        increment_event=_increment(table, "event_sequence", expiry),
         assign_user=(
             update(table)
             .where(_live(table))
             .values(
                 user_id=bindparam("uid", type_=String()),
                 last_modified=_now,
-                expires_at=_expires,
+                expires_at=expiry,
             )
             .returning(table.c.session_id)
         ),

@@ -56,6 +56,7 @@ class Store(StoreCore):
         timeout: float = 10.0,
         max_connections: int = 10,
         max_idle_connections: int | None = None,
+        lean_expiry: bool = False,
     ) -> None:
         super().__init__(
             StoreConfig.create(
@@ -67,6 +68,7 @@ class Store(StoreCore):
                 timeout=timeout,
                 max_connections=max_connections,
                 max_idle_connections=max_idle_connections,
+                lean_expiry=lean_expiry,
             )
         )
         if engine is not None and url is not None:
@@ -104,7 +106,7 @@ class Store(StoreCore):
 
             try:
                 self._create_schema()
-                self._prepared = PreparedStatements(self._engine.dialect, self._config.table_name)
+                self._prepared = PreparedStatements(self._engine.dialect, self._config)
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._describe} is unavailable", exc) from exc
             config = self._config

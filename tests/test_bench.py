@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_URL, postgres_unavailable
+from conftest import PG_URL, REQUIRE_PG, postgres_unavailable, require_postgres
 
 from sauce_sql.bench import BenchOptions, run
 from sauce_sql.bench.clients import OPERATIONS
+from sauce_sql.bench.pgbouncer import pgbouncer_binary
 from sauce_sql.bench.report import format_report
 
 
 @pytest.mark.slow
-def test_bench_runs_every_part_at_tiny_sizes(tmp_path: Path) -> None:
-    """Every part runs; acknowledged increments are all stored; cleanups delete every
-    expired row they were given; the report and the JSON come out, without the
-    passwords of the URLs it was given."""
+def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
+    """The SQLite, PostgreSQL, asyncio and memory parts run; acknowledged increments are
+    all stored; cleanups delete every expired row they were given; the report and the JSON
+    come out, without the passwords of the URLs it was given."""
     # Passwords the bench must not print (the test server trusts its clients), and a
     # Redis that is not there.
     with_password = sa.make_url(PG_URL).update_query_dict({"password": "SECRET1"})
@@ -38,6 +39,8 @@ def test_bench_runs_every_part_at_tiny_sizes(tmp_path: Path) -> None:
         cleanup_rows=300,
         cleanup_runs=2,
         memory_sessions=(1000, 3000),
+        # The server load parts have a test of their own, below.
+        parts=("sqlite", "postgresql", "asyncio", "memory"),
     )
     results = run(options)
     lite = results["sqlite"]
@@ -58,7 +61,7 @@ def test_bench_runs_every_part_at_tiny_sizes(tmp_path: Path) -> None:
     assert "redis" in results["skipped"]
     assert results["targets"]
     report = format_report(results)
-    assert "Targets (issues 3 and 10)" in report
+    assert "Targets (issues 3, 9 and 10)" in report
     asyncio = results["asyncio"]
     for backend in ("sqlite", "postgresql") if pg else ("sqlite",):
         contenders = asyncio[backend]["single"]["inc_sequence"]
@@ -85,3 +88,42 @@ def test_web_bench_runs_and_skipped_requests_call_no_store(tmp_path: Path) -> No
     table = format_web(figures)
     assert "<= 60" in table
     assert "<= 5" in table
+
+
+@pytest.mark.slow
+@pytest.mark.postgresql
+def test_bench_server_parts_at_tiny_sizes() -> None:
+    """The lean-expiry part counts every increment, none of them HOT when expires_at
+    moves each time; the PgBouncer part (skipped, saying so, without PgBouncer) stores
+    every increment it acknowledged, direct and pooled, in every slice."""
+    require_postgres()
+    options = BenchOptions(
+        pg_url=PG_URL,
+        hot_sessions=50,
+        hot_increments=500,
+        load_processes=2,
+        load_threads=3,
+        pool_size=2,
+        load_seconds=0.3,
+        load_rounds=2,
+        parts=("lean-expiry", "pgbouncer"),
+    )
+    results = run(options)
+    lean = results["lean_expiry"]
+    for contender in ("every_write", "store"):
+        assert lean[contender]["updates"] == 500
+    assert lean["every_write"]["hot_updates"] == 0
+    assert (
+        lean["every_write"]["after"]["index_bytes"] > lean["every_write"]["before"]["index_bytes"]
+    )
+    if pgbouncer_binary() is None and not REQUIRE_PG:
+        assert "PgBouncer is not installed" in results["skipped"]["pgbouncer"]
+        return
+    pooled = results["pgbouncer"]
+    for name in ("direct", "pgbouncer"):
+        assert len(pooled["rounds"][name]) == 2
+        for slice_ in pooled["rounds"][name]:
+            assert slice_["acked"] > 0
+            assert (slice_["acked"], slice_["errors"]) == (slice_["stored"], 0)
+    assert len(pooled["round_ratios"]) == 2
+    assert "through PgBouncer / direct" in format_report(results)

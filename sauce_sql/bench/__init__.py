@@ -8,11 +8,16 @@ the same layout and interleaved so that a busy machine's noise falls on all alik
 2. 4 threads and 4 processes incrementing at once on one SQLite file;
 3. ``durability="full"`` (an fsync per commit) alone and with 4 threads;
 4. cleanup of many expired rows while a writer runs, against one DELETE;
-5. process memory with few and many sessions, and bytes on disk per session.
+5. on PostgreSQL, the share of HOT updates and the growth of table and indexes under
+   steady increments, the store's against an increment that moves expires_at each time;
+6. 8 processes of 8 threads straight at PostgreSQL and through a PgBouncer of its own
+   in transaction mode (pool 20), counts checked;
+7. AsyncStore beside Store, aiosqlite and the raw async drivers;
+8. process memory with few and many sessions, and bytes on disk per session.
 
-It prints medians, p99, worst latencies and ratios against the targets of issue 3, or
-one JSON object with ``--json``. PostgreSQL and Redis are skipped, saying why, when
-they do not answer or their client library is missing.
+It prints medians, p99, worst latencies and ratios against the targets of issues 3, 9
+and 10, or one JSON object with ``--json``. PostgreSQL, PgBouncer and Redis are skipped,
+saying why, when they do not answer or are not installed.
 """
 
 from __future__ import annotations
@@ -31,17 +36,21 @@ from pathlib import Path
 from typing import Any
 
 from sauce_sql.backends.sqlite.executor import SQLiteExecutor
-from sauce_sql.bench import aio
+from sauce_sql.bench import aio, server_load
 from sauce_sql.bench import workloads as work
 from sauce_sql.bench.clients import OPERATIONS, RawPostgres, RawSQLite, RedisClient, store_ops
+from sauce_sql.bench.pgbouncer import pgbouncer_binary, running_pgbouncer
 from sauce_sql.bench.report import evaluate, format_report
 from sauce_sql.prepared import datetime_to_sqlite
 from sauce_sql.redact import safe_url, scrub
 from sauce_sql.store import Store
 
-__all__ = ["BenchOptions", "main", "run"]
+__all__ = ["PARTS", "BenchOptions", "main", "run"]
 
 MAX_AGE = 3600.0
+#: What ``--only`` picks from, in the order they run.
+PARTS = ("sqlite", "postgresql", "lean-expiry", "pgbouncer", "asyncio", "memory")
+_SERVER_PARTS = ("postgresql", "lean-expiry", "pgbouncer")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,14 @@ class BenchOptions:
     cleanup_rows: int = 100_000
     cleanup_runs: int = 3
     memory_sessions: tuple[int, ...] = (10_000, 1_000_000)
+    hot_sessions: int = 1_000
+    hot_increments: int = 20_000
+    load_processes: int = 8
+    load_threads: int = 8
+    pool_size: int = 20
+    load_seconds: float = 5.0
+    load_rounds: int = 3
+    parts: tuple[str, ...] = PARTS
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
@@ -69,6 +86,8 @@ class BenchOptions:
             seconds=1.0,
             cleanup_rows=20_000,
             memory_sessions=(10_000, 100_000),
+            load_seconds=2.0,
+            load_rounds=2,
         )
         return cls(**{**sizes, **overrides})
 
@@ -296,37 +315,72 @@ def run(options: BenchOptions) -> dict[str, Any]:
         if shown[name]:
             shown[name] = safe_url(shown[name])
     results: dict[str, Any] = {"options": shown, "skipped": {}}
-    redis, why = _redis(options.redis_url)
-    if why:
-        results["skipped"]["redis"] = why
+    parts = options.parts
     with tempfile.TemporaryDirectory(prefix="sauce-sql-bench-", dir=options.directory) as tmp:
-        try:
-            results["sqlite"] = _sqlite(Path(tmp), options, redis)
-        finally:
-            if redis is not None:
-                redis.close()
-        why = _pg_reachable(options.pg_url)
-        if why:
-            results["skipped"]["postgresql"] = why
-        else:
-            assert options.pg_url is not None
-            results["postgresql"] = _postgres(options.pg_url, options)
-        _log("asyncio: AsyncStore beside Store, aiosqlite and the raw async drivers")
-        rounds, per_round = options.rounds, options.per_round
-        results["asyncio"] = {
-            "sqlite": aio.asyncio_sqlite(Path(tmp), options.sessions, rounds, per_round)
-        }
-        if "postgresql" in results:
-            assert options.pg_url is not None
-            results["asyncio"]["postgresql"] = aio.asyncio_postgres(
-                options.pg_url, options.sessions, rounds, per_round
-            )
-        results["memory"] = []
-        for count in options.memory_sessions:
-            _log(f"memory: {count} sessions")
-            results["memory"].append(work.memory_probe(tmp, count, 20_000))
+        if "sqlite" in parts:
+            redis, why = _redis(options.redis_url)
+            if why:
+                results["skipped"]["redis"] = why
+            try:
+                results["sqlite"] = _sqlite(Path(tmp), options, redis)
+            finally:
+                if redis is not None:
+                    redis.close()
+        if any(part in parts for part in _SERVER_PARTS):
+            _server_parts(options, results)
+        if "asyncio" in parts:
+            _log("asyncio: AsyncStore beside Store, aiosqlite and the raw async drivers")
+            rounds, per_round = options.rounds, options.per_round
+            results["asyncio"] = {
+                "sqlite": aio.asyncio_sqlite(Path(tmp), options.sessions, rounds, per_round)
+            }
+            if options.pg_url and _pg_reachable(options.pg_url) is None:
+                results["asyncio"]["postgresql"] = aio.asyncio_postgres(
+                    options.pg_url, options.sessions, rounds, per_round
+                )
+        if "memory" in parts:
+            results["memory"] = []
+            for count in options.memory_sessions:
+                _log(f"memory: {count} sessions")
+                results["memory"].append(work.memory_probe(tmp, count, 20_000))
     results["targets"] = [t.to_dict() for t in evaluate(results)]
     return results
+
+
+def _server_parts(o: BenchOptions, results: dict[str, Any]) -> None:
+    """The PostgreSQL parts asked for, each skipped saying why when it cannot run."""
+    asked = [part for part in _SERVER_PARTS if part in o.parts]
+    why = _pg_reachable(o.pg_url)
+    if why:
+        results["skipped"].update(dict.fromkeys(asked, why))
+        return
+    url = o.pg_url
+    assert url is not None
+    if "postgresql" in asked:
+        results["postgresql"] = _postgres(url, o)
+    if "lean-expiry" in asked:
+        _log(f"postgresql: {o.hot_increments} increments over {o.hot_sessions} sessions")
+        results["lean_expiry"] = server_load.lean_expiry(
+            url, sessions=o.hot_sessions, increments=o.hot_increments
+        )
+    if "pgbouncer" in asked:
+        if pgbouncer_binary() is None:
+            results["skipped"]["pgbouncer"] = (
+                "PgBouncer is not installed (Debian: apt-get install pgbouncer)"
+            )
+            return
+        _log(
+            f"postgresql: {o.load_processes} processes x {o.load_threads} threads, direct and"
+            f" through PgBouncer (transaction pooling, pool {o.pool_size})"
+        )
+        results["pgbouncer"] = server_load.pooled_throughput(
+            url,
+            lambda: running_pgbouncer(url, mode="transaction", pool_size=o.pool_size),
+            processes=o.load_processes,
+            threads=o.load_threads,
+            seconds=o.load_seconds,
+            rounds=o.load_rounds,
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -341,16 +395,21 @@ def main(args: argparse.Namespace) -> int:
         figures = run_web(args.dir, **sizes)
         print(json.dumps(figures, indent=2) if args.json else format_web(figures))
         return 0
+    from sauce_sql.cli import BENCH_SIZES
+
     overrides: dict[str, Any] = {
         "directory": args.dir,
         "pg_url": args.pg_url or None,
         "redis_url": args.redis_url or None,
     }
-    for name in ("sessions", "rounds", "per_round", "seconds", "cleanup_rows", "cleanup_runs"):
+    names = [size.replace("-", "_") for size in BENCH_SIZES] + ["seconds", "load_seconds"]
+    for name in names:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.memory_sessions:
         overrides["memory_sessions"] = tuple(int(x) for x in args.memory_sessions.split(","))
+    if args.only:
+        overrides["parts"] = tuple(part.strip() for part in args.only.split(","))
     options = BenchOptions.quick(**overrides) if args.quick else BenchOptions(**overrides)
     results = run(options)
     print(json.dumps(results, indent=2) if args.json else format_report(results))

@@ -66,9 +66,12 @@ def store_ops(store: Store) -> dict[str, Operation]:
     }
 
 
-def _sql(table_name: str, dialect: Dialect) -> dict[str, tuple[str, tuple[str, ...]]]:
+def _sql(
+    table_name: str, dialect: Dialect, *, lean_expiry: bool = False
+) -> dict[str, tuple[str, tuple[str, ...]]]:
     """The store's SQL for ``table_name`` and each statement's parameter order."""
-    built = statements.build(sessions_table(table_name), dialect.name)
+    table = sessions_table(table_name)
+    built = statements.build(table, dialect.name, lean_expiry=lean_expiry)
     compiled = {}
     for name in ("select_live", "increment_view", "assign_user", "create", "revive"):
         statement = getattr(built, name).compile(dialect=dialect)
@@ -164,9 +167,12 @@ class RawPostgres:
         *,
         max_age: float,
         connection: psycopg.Connection[Any] | None = None,
+        lean_expiry: bool = False,
     ) -> None:
         """Connect to ``url``, or run on ``connection`` (an autocommit psycopg
-        connection that stays its owner's: close() leaves it open)."""
+        connection that stays its owner's: close() leaves it open). With
+        ``lean_expiry`` increments keep a fresh enough ``expires_at`` (see
+        :func:`sauce_sql.statements.build`)."""
         import psycopg
         from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
@@ -177,7 +183,8 @@ class RawPostgres:
         self.cursor = self.connection.cursor()
         self.max_age = timedelta(seconds=max_age)
         dialect = pg_dialect.dialect()  # type: ignore[no-untyped-call]
-        self.sql = {name: text for name, (text, _) in _sql(table_name, dialect).items()}
+        compiled = _sql(table_name, dialect, lean_expiry=lean_expiry)
+        self.sql = {name: text for name, (text, _) in compiled.items()}
 
     def close(self) -> None:
         """Close the connection (if it is this client's own)."""

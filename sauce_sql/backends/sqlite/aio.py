@@ -106,6 +106,11 @@ class AsyncSQLiteExecutor:
         await self._let_others_run()
         return result
 
+    async def transaction(self, body: Callable[[Any], T]) -> T:
+        """Run ``body(run)`` in one transaction on the write path, in a worker thread
+        (see SQLiteExecutor.transaction)."""
+        return await self._off_loop(self._sync.transaction, body)
+
     async def write_slow(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
         """Run a write that may hold the write lock for milliseconds, off the loop."""
         return await self._off_loop(self._sync.write, prepared, values)

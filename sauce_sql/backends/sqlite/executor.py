@@ -15,11 +15,12 @@ writers take turns on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
@@ -41,7 +42,7 @@ from sauce_sql.prepared import Prepared
 
 logger = logging.getLogger("sauce_sql.connections")
 
-__all__ = ["MAX_IDLE", "SQLiteExecutor"]
+__all__ = ["MAX_IDLE", "Run", "SQLiteExecutor"]
 
 #: Idle reader connections kept beyond this many are closed when given back.
 MAX_IDLE = 8
@@ -50,6 +51,12 @@ MAX_IDLE = 8
 _BUSY_SLACK_MS = 20
 
 _CHECKPOINT: Any = Raw("PRAGMA wal_checkpoint(PASSIVE)")
+_BEGIN: Any = Raw("BEGIN IMMEDIATE", returns_rows=False)
+_COMMIT: Any = Raw("COMMIT", returns_rows=False)
+
+T = TypeVar("T")
+Run = Callable[[Prepared, Mapping[str, Any]], Result]
+"""Runs one statement inside :meth:`SQLiteExecutor.transaction`; returns its result."""
 
 
 def _outcome(rows: list[Sequence[Any]]) -> Outcome:
@@ -132,6 +139,53 @@ class SQLiteExecutor(HeldConnections):
                 raise self.locked() from None
         self.wrote()
         return result
+
+    def transaction(self, body: Callable[[Run], T]) -> T:
+        """Run ``body(run)`` in one transaction on the write path; return its result.
+
+        ``body`` runs statements with ``run(prepared, values)``; they are committed
+        together when it returns, and rolled back if it (or any of them) raises, so a
+        crash at any moment leaves all or none of them. Like a write, the transaction
+        waits its turn on the floor (or, with ``durability="full"``, for the writer
+        between shared commits), within one deadline, and is never retried.
+        """
+        if self.generation != Forks.generation:
+            self.after_fork()
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        result: T
+        if self._shared_commits:
+            # The group committer's leader commits holding the same lock.
+            result = self._transaction_alone(body, deadline)
+        else:
+            try:
+                result = self._floor.run(self._transaction_alone, body, deadline, deadline=deadline)
+            except FloorTimeout:
+                raise self.locked() from None
+        self.wrote()
+        return result
+
+    def _transaction_alone(self, body: Callable[[Run], T], deadline: float) -> T:
+        forks.inside()
+        try:
+            with self.lock:
+                connection = self.writer_connection()
+                self.bound_busy_wait(deadline)
+
+                def run(prepared: Prepared, values: Mapping[str, Any]) -> Result:
+                    return self.run_on_writer(connection, prepared, prepared.parameters(values))
+
+                self.run_on_writer(connection, _BEGIN, ())
+                try:
+                    result = body(run)
+                    self.run_on_writer(connection, _COMMIT, ())
+                except BaseException:
+                    if connection.in_transaction:
+                        with contextlib.suppress(self.error):
+                            connection.rollback()
+                    raise
+                return result
+        finally:
+            forks.outside()
 
     def wrote(self) -> None:
         """Count a committed write; every so many, have the log folded in."""
