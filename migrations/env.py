@@ -17,7 +17,7 @@ from sqlalchemy import Connection, MetaData
 
 from sauce_sql import migrate, validation
 from sauce_sql.engine import create_store_engine, parse_url
-from sauce_sql.schema import sessions_table
+from sauce_sql.schema import store_tables
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("connection"):
@@ -30,12 +30,13 @@ table_name = validation.table_name(
 )
 config.attributes["table_name"] = table_name  # read by the migration scripts
 target_metadata = MetaData()
-sessions_table(table_name, target_metadata)
+ours = {table.name for table in store_tables(table_name, target_metadata)}
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Compare only this table: other tables (and other session tables) are not ours."""
-    return type_ != "table" or name == table_name
+    """Compare only this table and its history and aggregates: other tables (other
+    session tables, history partitions) are not ours."""
+    return type_ != "table" or name in ours
 
 
 def configure(**options: Any) -> None:

@@ -18,6 +18,9 @@ from sauce_sql.errors import (
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
 from sauce_sql.store import Store
 
+#: The package's version (pyproject.toml reads it from here).
+__version__ = "0.1.0"
+
 __all__ = [
     "AnalyticsSession",
     "AsyncStore",
@@ -30,4 +33,5 @@ __all__ = [
     "Store",
     "StoreState",
     "StoreUnavailable",
+    "__version__",
 ]

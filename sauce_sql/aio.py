@@ -12,12 +12,12 @@ from typing import Any
 
 from sqlalchemy import URL
 
-from sauce_sql import ops
+from sauce_sql import ops, validation
 from sauce_sql.backends.aio import AsyncDatabase
 from sauce_sql.backends.base import AsyncExecutor
 from sauce_sql.clocks import AsyncServerClock
-from sauce_sql.config import StoreConfig
-from sauce_sql.core import PreparedStatements, StoreCore
+from sauce_sql.config import DEFAULT_HISTORY_MAX_AGE, StoreConfig
+from sauce_sql.core import StoreCore
 from sauce_sql.engine import parse_url
 from sauce_sql.errors import InvalidInput, SauceSQLError
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType
@@ -61,6 +61,9 @@ class AsyncStore(StoreCore):
         max_connections: int = 10,
         max_idle_connections: int | None = None,
         lean_expiry: bool = False,
+        keep_history: bool = True,
+        history_max_age: float | None = DEFAULT_HISTORY_MAX_AGE,
+        history_ip: str = "mask",
     ) -> None:
         super().__init__(
             StoreConfig.create(
@@ -73,6 +76,9 @@ class AsyncStore(StoreCore):
                 max_connections=max_connections,
                 max_idle_connections=max_idle_connections,
                 lean_expiry=lean_expiry,
+                keep_history=keep_history,
+                history_max_age=history_max_age,
+                history_ip=history_ip,
             )
         )
         if engine is not None and url is not None:
@@ -102,7 +108,7 @@ class AsyncStore(StoreCore):
                 return self
             executor = await self._database.open(self._describe)
             try:
-                self._prepared = PreparedStatements(self._database.dialect, self._config)
+                self._prepare(self._database.dialect)
                 server_now = getattr(executor, "server_now", None)
                 if server_now is not None:
                     # One clock for every app server: the database server's (clocks.py).
@@ -219,9 +225,14 @@ class AsyncStore(StoreCore):
         self._assigned(rows, values)
 
     async def revive_session(self, revive: ReviveSession) -> AnalyticsSession:
-        """Make the session live under the client's id, keeping any counters it had."""
+        """Make the session live under the client's id, keeping any counters it had.
+
+        With ``keep_history``, an id whose session cleanup archived gets that session
+        back (counters and created_at kept), as if no cleanup had run.
+        """
         values = self._revive_values(revive)
-        rows, _ = await self._started().write(self._statements().revive, values)
+        operation = self._revival(values, only_if_expired=False)
+        rows = await ops.arun(self._started(), operation)
         return self._session(rows[0])
 
     async def maybe_revive_session(self, revive: ReviveSession) -> AnalyticsSession:
@@ -234,9 +245,26 @@ class AsyncStore(StoreCore):
         return self._revived(await ops.arun(self._started(), operation), values)
 
     async def cleanup(self, now: datetime | None = None) -> int:
-        """Delete every session expired at ``now`` (default: the clock's now), in
-        bounded batches; return how many were deleted."""
+        """Remove every session expired at ``now`` (default: the clock's now) from the
+        live table, in bounded batches; return how many left it.
+
+        With ``keep_history`` (the default) they move to ``<table>_history``, each batch
+        in one transaction; then history rows that expired more than
+        ``history_max_age`` before ``now`` are folded into ``<table>_aggregates`` and
+        deleted, in bounded batches too.
+        """
         return await self._delete_expired(self._cleanup_moment(now), stop=None)
+
+    async def forget_user(self, user_id: str) -> int:
+        """Delete every session of ``user_id``, live and archived (erasure, GDPR art.
+        17); return how many rows went. The aggregates hold no user and stay."""
+        operation = self._forget("user", self._forget_user_id(user_id))
+        return await ops.arun(self._started(), operation)
+
+    async def forget_session(self, session_id: str) -> int:
+        """Delete every row of ``session_id``, live and archived; return how many went."""
+        operation = self._forget("session", validation.session_id(session_id))
+        return await ops.arun(self._started(), operation)
 
     async def _delete_expired(self, moment: datetime, stop: asyncio.Event | None) -> int:
         executor = self._started()

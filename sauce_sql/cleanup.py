@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +25,7 @@ __all__ = [
     "MIN_BATCH_ROWS",
     "START_BATCH_ROWS",
     "Cleaner",
+    "Batch",
     "CleanupStatements",
     "StopSignal",
     "cleanup_round",
@@ -96,25 +97,34 @@ class StopSignal(Protocol):
         """Whether the cleanup should end now."""
 
 
+Batch = Callable[[Any, datetime, int], Generator[Any, Any, tuple[int, bool]]]
+"""One cleanup batch as an operation: ``batch(statements, now, rows)`` removes at most
+``rows`` rows and returns how many went and whether none are left."""
+
+
 def delete_expired(
-    statements: CleanupStatements,
+    statements: Any,
     now: datetime,
     *,
     dialect_name: str,
     count: Callable[[int], None] | None = None,
     stop: StopSignal | None = None,
+    batch: Batch | None = None,
 ) -> Operation[int]:
     """Delete every row expired at ``now``, batch by batch; return how many went.
 
     ``count`` is told each batch's deletions as they commit; ``stop``, once set, ends
     the cleanup between batches (so that closing a store need not wait for a backlog).
+    ``batch`` replaces the plain delete of one batch (archiving and history retention
+    run their own, :mod:`sauce_sql.history`).
 
     Each batch is sized from the last one's rate so that it takes about the backend's
     ``batch_seconds``: row counts alone would hold the lock for very different times
     on a fast disk and a slow one, a small table and a huge one.
     """
     backend = backend_for(dialect_name)
-    batch = _bounded_batch if backend.bounded_batches else _batch
+    if batch is None:
+        batch = _bounded_batch if backend.bounded_batches else _batch
     rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0, 0
     while True:
         started = time.perf_counter()

@@ -9,11 +9,15 @@ from datetime import datetime
 from sauce_sql import validation
 from sauce_sql.engine import DURABILITY_MODES
 from sauce_sql.errors import InvalidInput
+from sauce_sql.history_sql import HISTORY_IP_MODES
 from sauce_sql.redact import shown
 
-__all__ = ["MAX_AGE_LIMIT", "TIMEOUT_LIMIT", "StoreConfig"]
+__all__ = ["DEFAULT_HISTORY_MAX_AGE", "MAX_AGE_LIMIT", "TIMEOUT_LIMIT", "StoreConfig"]
 
 MAX_AGE_LIMIT = 100 * 365.25 * 24 * 3600
+#: 400 days, the longest a browser keeps a cookie: a visitor who could still come
+#: back finds their archived session.
+DEFAULT_HISTORY_MAX_AGE = 34_560_000.0
 #: The longest bound a call may have: a day.
 TIMEOUT_LIMIT = 24 * 3600.0
 
@@ -40,7 +44,10 @@ class StoreConfig:
     timeout: float
     max_connections: int
     max_idle_connections: int
-    lean_expiry: bool
+    lean_expiry: bool = False
+    keep_history: bool = True
+    history_max_age: float | None = DEFAULT_HISTORY_MAX_AGE
+    history_ip: str = "mask"
 
     @classmethod
     def create(
@@ -55,6 +62,9 @@ class StoreConfig:
         max_connections: object = 10,
         max_idle_connections: object = None,
         lean_expiry: object = False,
+        keep_history: object = True,
+        history_max_age: object = DEFAULT_HISTORY_MAX_AGE,
+        history_ip: object = "mask",
     ) -> StoreConfig:
         """Check every option, raising InvalidInput or TypeError on the first bad one."""
         if clock is not None and not callable(clock):
@@ -79,6 +89,21 @@ class StoreConfig:
             if max_idle_connections is None
             else _count(max_idle_connections, "max_idle_connections", least=0, most=most)
         )
+        if not isinstance(keep_history, bool):
+            raise TypeError(f"keep_history must be a bool, not {type(keep_history).__name__}")
+        if history_ip not in HISTORY_IP_MODES:
+            raise InvalidInput(
+                f"history_ip must be one of {', '.join(map(repr, HISTORY_IP_MODES))}, "
+                f"got {shown(history_ip)}"
+            )
+        kept: float | None = None
+        if history_max_age is not None:
+            kept = validation.positive_seconds(history_max_age, "history_max_age")
+            if kept > MAX_AGE_LIMIT:
+                raise InvalidInput(
+                    f"history_max_age must be at most {MAX_AGE_LIMIT:.0f} s (100 years) or "
+                    f"None (forever), got {shown(kept)}"
+                )
         return cls(
             table_name=validation.table_name(table_name),
             session_max_age=max_age,
@@ -93,4 +118,7 @@ class StoreConfig:
             max_connections=most,
             max_idle_connections=idle,
             lean_expiry=lean_expiry,
+            keep_history=keep_history,
+            history_max_age=kept,
+            history_ip=str(history_ip),
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import URL, Dialect
 
-from sauce_sql import ops, statements, validation
+from sauce_sql import history, ops, statements, validation
 from sauce_sql.cleanup import StopSignal, delete_expired
 from sauce_sql.clocks import utc_now
 from sauce_sql.config import StoreConfig
@@ -66,6 +66,7 @@ class StoreCore:
         # Where now comes from without an injected clock: set by start().
         self._system_clock: Callable[[], datetime] = utc_now
         self._prepared: PreparedStatements | None = None
+        self._history: history.HistoryPrepared | None = None
         self._cleanup_lock = threading.Lock()
         self._last_cleanup_at: datetime | None = None
         self._last_cleanup_deleted: int | None = None
@@ -166,9 +167,38 @@ class StoreCore:
         sid = validation.session_id(revive.session_id)
         return self._write_values(sid, revive.user_agent, revive.client_ip, revive.user_id)
 
+    def _prepare(self, dialect: Dialect) -> None:
+        """Compile the store's statements for ``dialect`` (at start)."""
+        config = self._config
+        self._prepared = PreparedStatements(dialect, config)
+        self._history = history.HistoryPrepared(dialect, config.table_name, config.history_ip)
+
+    def _revival(self, values: dict[str, Any], *, only_if_expired: bool) -> Operation[list[Any]]:
+        """Revive ``values["sid"]`` (from history too, with keep_history); the live row."""
+        prepared = self._statements()
+        if self._config.keep_history and self._history is not None:
+            return history.revive(self._history, prepared, values, only_if_expired=only_if_expired)
+        statement = prepared.revive_if_expired if only_if_expired else prepared.revive
+        return ops.single(statement, values)
+
     def _maybe_revive(self, values: dict[str, Any]) -> Operation[Any]:
         prepared = self._statements()
-        return ops.maybe_revive(prepared.select_live, prepared.revive_if_expired, values)
+
+        def revive_if_expired() -> Operation[list[Any]]:
+            return self._revival(values, only_if_expired=True)
+
+        return ops.maybe_revive(prepared.select_live, revive_if_expired, values)
+
+    def _forget(self, what: str, value: str) -> Operation[int]:
+        self._statements()
+        assert self._history is not None
+        return history.forget(self._history, what, value)
+
+    def _forget_user_id(self, user_id: str) -> str:
+        uid = validation.user_id(user_id)
+        if uid is None:
+            raise TypeError("user_id must be a str, not NoneType")
+        return uid
 
     def _revived(self, row: Any, values: dict[str, Any]) -> AnalyticsSession:
         if row is None:
@@ -188,9 +218,16 @@ class StoreCore:
         def count(deleted: int) -> None:
             done[0] += deleted
 
-        operation = delete_expired(
-            self._statements(), moment, dialect_name=self._dialect_name, count=count, stop=stop
-        )
+        config = self._config
+        operation: Operation[int]
+        if config.keep_history and self._history is not None:
+            operation = history.archive_and_retire(
+                self._history, moment, config.history_max_age, count=count, stop=stop
+            )
+        else:
+            operation = delete_expired(
+                self._statements(), moment, dialect_name=self._dialect_name, count=count, stop=stop
+            )
         return operation, done
 
     # -- cleanup totals and state ---------------------------------------------------

@@ -2,8 +2,11 @@
 
 Simulated visitors browse over a simulated week (a clock the demo advances, so it runs
 in seconds), the store is closed and reopened as at a restart, returning visitors
-revive their sessions from the dicts their cookies kept, expired sessions are cleaned
-up, and the report says what happened.
+revive their sessions from the dicts their cookies kept, expired sessions are archived
+by the cleanup, and the report says what happened over the simulated week.
+
+Without a URL the demo runs on a SQLite file in a temporary folder that it removes at
+the end; it writes into a database of yours only when given one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from sauce_sql.errors import InvalidInput
 from sauce_sql.models import AnalyticsSession, ReviveSession
@@ -70,15 +74,22 @@ def run_demo(
     seed: int = 7,
     echo: Callable[[str], None] = print,
 ) -> None:
-    """Run the demo on ``url``, by default a new SQLite file in a temporary folder."""
+    """Run the demo on ``url``, by default a SQLite file in a temporary folder that is
+    removed at the end."""
     if isinstance(visitors, bool) or not isinstance(visitors, int):
         raise TypeError(f"visitors must be an int, not {type(visitors).__name__}")
     if visitors < 1:
         raise InvalidInput(f"the demo needs at least 1 visitor, got {visitors}")
-    if url is None:
-        path = Path(tempfile.mkdtemp(prefix="sauce-sql-demo-")) / "sauce_sql.db"
-        url = f"sqlite:///{path}"
-        echo(f"demo database: {path}")
+    if url is not None:
+        _run(url, table_name, visitors, seed, echo)
+        return
+    with tempfile.TemporaryDirectory(prefix="sauce-sql-demo-") as folder:
+        path = Path(folder) / "sauce_sql.db"
+        echo(f"demo database: {path} (a temporary file, removed at the end)")
+        _run(f"sqlite:///{path}", table_name, visitors, seed, echo)
+
+
+def _run(url: str, table_name: str, visitors: int, seed: int, echo: Callable[[str], None]) -> None:
     rng = random.Random(seed)
     # A week ago, so the visitors' days fall within the report's last seven days.
     clock = SimulatedClock(datetime.now(timezone.utc) - timedelta(days=6, hours=12))
@@ -120,7 +131,8 @@ def run_demo(
         for _ in range(visitors // 10):
             _new_visitor(store, rng)
         echo(f"{visitors // 10} new visitors arrived")
-        deleted = store.cleanup()
-        echo(f"cleanup deleted {deleted} expired sessions")
+        moved = store.cleanup()
+        echo(f"cleanup archived {moved} expired sessions into {table_name}_history")
         echo("")
-        echo(format_report(build_report(store.engine, table_name, clock.now)))
+        report: Any = build_report(store.engine, table_name, clock.now, days=7)
+        echo(format_report(report))

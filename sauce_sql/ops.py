@@ -98,7 +98,9 @@ async def arun(executor: AsyncExecutor, operation: Operation[T]) -> T:
 
 
 def maybe_revive(
-    select_live: Prepared, revive_if_expired: Prepared, values: Mapping[str, Any]
+    select_live: Prepared,
+    revive_if_expired: Callable[[], Operation[list[Any]]],
+    values: Mapping[str, Any],
 ) -> Operation[Any]:
     """The live session's row if there is one, else the row revived over an expired
     one (or created); None if the row kept changing under it.
@@ -112,7 +114,13 @@ def maybe_revive(
         rows, _ = yield Step(select_live, values)
         if rows:
             return rows[0]
-        rows, _ = yield Step(revive_if_expired, values, write=True)
+        rows = yield from revive_if_expired()
         if rows:
             return rows[0]
     return None
+
+
+def single(prepared: Prepared, values: Mapping[str, Any]) -> Operation[list[Any]]:
+    """One write as an operation; its rows."""
+    rows, _ = yield Step(prepared, values, write=True)
+    return list(rows)

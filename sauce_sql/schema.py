@@ -1,8 +1,11 @@
-"""The sessions table: its columns, the UTC datetime type and the ORM mapping. No I/O.
+"""The sessions tables: their columns, the UTC datetime type and the ORM mapping. No I/O.
 
 The table's name is a parameter (several tables can share one database), so the table
-is built by :func:`sessions_table`; :class:`SessionRecord` maps the default ``sessions``
-table for applications that prefer the ORM::
+is built by :func:`sessions_table`; beside it live ``<name>_history`` (the sessions
+cleanup archived, :func:`history_table`) and ``<name>_aggregates`` (what history
+retention keeps of the rows it removes, :func:`aggregates_table`).
+:class:`SessionRecord` maps the default ``sessions`` table for applications that prefer
+the ORM::
 
     with Session(engine) as orm:
         bots = orm.scalars(select(SessionRecord).where(SessionRecord.user_agent.like("%bot%")))
@@ -13,7 +16,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Dialect, Index, MetaData, String, Table
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+)
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -22,9 +35,16 @@ __all__ = [
     "IP_MAX_LENGTH",
     "ID_MAX_LENGTH",
     "USER_AGENT_MAX_LENGTH",
+    "AGGREGATE_COUNTERS",
+    "BUCKET_SECONDS",
     "SessionRecord",
     "UTCDateTime",
+    "aggregates_table",
+    "aggregates_table_name",
+    "history_table",
+    "history_table_name",
     "sessions_table",
+    "store_tables",
 ]
 
 DEFAULT_TABLE_NAME = "sessions"
@@ -32,6 +52,11 @@ ID_MAX_LENGTH = 255
 USER_AGENT_MAX_LENGTH = 512
 # The longest canonical IPv6 text with an interface scope we accept ("fe80::1%eth0").
 IP_MAX_LENGTH = 64
+#: The aggregates' time step: every IANA zone's offset is a whole number of quarter
+#: hours, so each 15-minute UTC bucket falls within one calendar day of every zone.
+BUCKET_SECONDS = 900
+#: The counters of an aggregates bucket, each a sum that adds across buckets.
+AGGREGATE_COUNTERS = ("sessions", "views", "events", "bounces", "identified", "revived")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -64,17 +89,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
 
 
-def sessions_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None = None) -> Table:
-    """Build the sessions table under ``name`` (validated by the caller).
-
-    The index is named after the table, because index names are per schema, not per
-    table, in both SQLite and PostgreSQL.
-    """
-    metadata = MetaData() if metadata is None else metadata
-    return Table(
-        name,
-        metadata,
-        Column("session_id", String(ID_MAX_LENGTH), primary_key=True),
+def _session_columns(*, key: bool) -> list[Column[Any]]:
+    return [
+        Column("session_id", String(ID_MAX_LENGTH), primary_key=key, nullable=False),
         Column("user_agent", String(USER_AGENT_MAX_LENGTH), nullable=False, server_default=""),
         Column("client_ip", String(IP_MAX_LENGTH), nullable=True),
         Column("user_id", String(ID_MAX_LENGTH), nullable=True),
@@ -83,10 +100,90 @@ def sessions_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None = N
         Column("created_at", UTCDateTime, nullable=False),
         Column("last_modified", UTCDateTime, nullable=False),
         Column("expires_at", UTCDateTime, nullable=False),
+    ]
+
+
+def history_table_name(name: str) -> str:
+    """The history table that belongs to the sessions table ``name``."""
+    return f"{name}_history"
+
+
+def aggregates_table_name(name: str) -> str:
+    """The aggregates table that belongs to the sessions table ``name``."""
+    return f"{name}_aggregates"
+
+
+def sessions_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None = None) -> Table:
+    """Build the sessions table under ``name`` (validated by the caller).
+
+    Index names start with the table's, because index names are per schema, not per
+    table, in both SQLite and PostgreSQL.
+    """
+    metadata = MetaData() if metadata is None else metadata
+    return Table(
+        name,
+        metadata,
+        *_session_columns(key=True),
         Index(f"ix_{name}_expires_at", "expires_at"),
+        # Erasure (forget_user) finds a user's sessions by it.
+        Index(f"ix_{name}_user_id", "user_id"),
         # Rows are small and always found by session_id: keyed storage saves SQLite the
         # second B-tree a rowid table keeps for the primary key.
         sqlite_with_rowid=False,
+    )
+
+
+def history_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None = None) -> Table:
+    """Build ``<name>_history``: the live table's columns, one row per archived session.
+
+    One id can be archived several times (a new session under an old id, or a revived
+    one expiring again), each time with a later ``expires_at``, so the key is
+    ``(expires_at, session_id)``: retention then reads the oldest rows as a range of
+    the key, and SQLite appends archived rows at the end of its tree. The key holds
+    the partition column, as a range-partitioned PostgreSQL table requires (see
+    :mod:`sauce_sql.partitions`).
+    """
+    metadata = MetaData() if metadata is None else metadata
+    history = history_table_name(name)
+    return Table(
+        history,
+        metadata,
+        *_session_columns(key=False),
+        PrimaryKeyConstraint("expires_at", "session_id", name=f"pk_{history}"),
+        # Revival and forget_session find an id's archived sessions by it.
+        Index(f"ix_{history}_session_id", "session_id"),
+        Index(f"ix_{history}_user_id", "user_id"),
+        sqlite_with_rowid=False,
+    )
+
+
+def aggregates_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None = None) -> Table:
+    """Build ``<name>_aggregates``: additive counts per 15-minute UTC bucket.
+
+    History retention folds the sessions it removes into the bucket of their
+    ``created_at`` (sessions, views, events, bounces, identified) before deleting them,
+    so no past day's figures change; ``revived`` counts revivals of expired or archived
+    sessions in the bucket of the revival.
+    """
+    metadata = MetaData() if metadata is None else metadata
+    return Table(
+        aggregates_table_name(name),
+        metadata,
+        Column("bucket_start", UTCDateTime, primary_key=True),
+        *(
+            Column(counter, BigInteger, nullable=False, server_default="0")
+            for counter in AGGREGATE_COUNTERS
+        ),
+        sqlite_with_rowid=False,
+    )
+
+
+def store_tables(name: str, metadata: MetaData) -> tuple[Table, Table, Table]:
+    """The live, history and aggregates tables of ``name``, in ``metadata``."""
+    return (
+        sessions_table(name, metadata),
+        history_table(name, metadata),
+        aggregates_table(name, metadata),
     )
 
 

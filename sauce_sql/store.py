@@ -10,12 +10,12 @@ from types import TracebackType
 from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
-from sauce_sql import backends, ops
+from sauce_sql import backends, ops, validation
 from sauce_sql.backends import SyncExecutor
 from sauce_sql.cleanup import Cleaner, cleanup_round
 from sauce_sql.clocks import ServerClock
-from sauce_sql.config import StoreConfig
-from sauce_sql.core import PreparedStatements, StoreCore
+from sauce_sql.config import DEFAULT_HISTORY_MAX_AGE, StoreConfig
+from sauce_sql.core import StoreCore
 from sauce_sql.engine import (
     check_application_engine,
     create_store_engine,
@@ -24,7 +24,7 @@ from sauce_sql.engine import (
 )
 from sauce_sql.errors import InvalidInput, SauceSQLError, unavailable
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType
-from sauce_sql.schema import sessions_table
+from sauce_sql.schema import store_tables
 
 __all__ = ["Store"]
 
@@ -57,6 +57,9 @@ class Store(StoreCore):
         max_connections: int = 10,
         max_idle_connections: int | None = None,
         lean_expiry: bool = False,
+        keep_history: bool = True,
+        history_max_age: float | None = DEFAULT_HISTORY_MAX_AGE,
+        history_ip: str = "mask",
     ) -> None:
         super().__init__(
             StoreConfig.create(
@@ -69,6 +72,9 @@ class Store(StoreCore):
                 max_connections=max_connections,
                 max_idle_connections=max_idle_connections,
                 lean_expiry=lean_expiry,
+                keep_history=keep_history,
+                history_max_age=history_max_age,
+                history_ip=history_ip,
             )
         )
         if engine is not None and url is not None:
@@ -106,7 +112,7 @@ class Store(StoreCore):
 
             try:
                 self._create_schema()
-                self._prepared = PreparedStatements(self._engine.dialect, self._config)
+                self._prepare(self._engine.dialect)
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._describe} is unavailable", exc) from exc
             config = self._config
@@ -165,7 +171,7 @@ class Store(StoreCore):
         if is_memory(self._engine.url):
             # A private in-memory database is new at every start: nothing to migrate.
             metadata = MetaData()
-            sessions_table(self._config.table_name, metadata)
+            store_tables(self._config.table_name, metadata)
             metadata.create_all(self._engine)
         else:
             from sauce_sql import migrate
@@ -226,9 +232,14 @@ class Store(StoreCore):
         self._assigned(rows, values)
 
     def revive_session(self, revive: ReviveSession) -> AnalyticsSession:
-        """Make the session live under the client's id, keeping any counters it had."""
+        """Make the session live under the client's id, keeping any counters it had.
+
+        With ``keep_history``, an id whose session cleanup archived gets that session
+        back (counters and created_at kept), as if no cleanup had run.
+        """
         values = self._revive_values(revive)
-        rows, _ = self._started().write(self._statements().revive, values)
+        operation = self._revival(values, only_if_expired=False)
+        rows = ops.run(self._started(), operation)
         return self._session(rows[0])
 
     def maybe_revive_session(self, revive: ReviveSession) -> AnalyticsSession:
@@ -241,9 +252,26 @@ class Store(StoreCore):
         return self._revived(ops.run(self._started(), operation), values)
 
     def cleanup(self, now: datetime | None = None) -> int:
-        """Delete every session expired at ``now`` (default: the clock's now), in
-        bounded batches; return how many were deleted."""
+        """Remove every session expired at ``now`` (default: the clock's now) from the
+        live table, in bounded batches; return how many left it.
+
+        With ``keep_history`` (the default) they move to ``<table>_history``, each batch
+        in one transaction; then history rows that expired more than
+        ``history_max_age`` before ``now`` are folded into ``<table>_aggregates`` and
+        deleted, in bounded batches too.
+        """
         return self._delete_expired(self._cleanup_moment(now), stop=None)
+
+    def forget_user(self, user_id: str) -> int:
+        """Delete every session of ``user_id``, live and archived (erasure, GDPR art.
+        17); return how many rows went. The aggregates hold no user and stay."""
+        operation = self._forget("user", self._forget_user_id(user_id))
+        return ops.run(self._started(), operation)
+
+    def forget_session(self, session_id: str) -> int:
+        """Delete every row of ``session_id``, live and archived; return how many went."""
+        operation = self._forget("session", validation.session_id(session_id))
+        return ops.run(self._started(), operation)
 
     def _delete_expired(self, moment: datetime, stop: threading.Event | None) -> int:
         executor = self._started()

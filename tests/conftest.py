@@ -79,12 +79,15 @@ def migrate_directly(table_name: str) -> None:
 
 
 def drop_tables(url: str, *table_names: str) -> None:
-    """Drop session tables and their Alembic version tables, if present."""
+    """Drop session tables (with their history and aggregates) and their Alembic
+    version tables, if present."""
     engine = sa.create_engine(url)
     try:
         with engine.begin() as connection:
             for name in table_names:
-                connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
+                # History first: on PostgreSQL its partitions go with it.
+                for suffix in ("_history", "_aggregates", ""):
+                    connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}{suffix}"')
                 connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{name}"')
     finally:
         engine.dispose()

@@ -35,7 +35,7 @@ CONTRACT_NAMES = {
 def test_all_is_sorted_and_complete() -> None:
     """sauce_sql.__all__ lists exactly the contract's names, sorted, each importable."""
     assert sauce_sql.__all__ == sorted(sauce_sql.__all__)
-    assert set(sauce_sql.__all__) == CONTRACT_NAMES
+    assert set(sauce_sql.__all__) == CONTRACT_NAMES | {"__version__"}
     for name in sauce_sql.__all__:
         assert getattr(sauce_sql, name) is not None
 

@@ -36,14 +36,19 @@ def test_cleanup_in_many_batches_deletes_every_expired_row(
     assert store.cleanup() == 0
 
 
+@pytest.mark.parametrize("keep_history", [False, True])
 @pytest.mark.sync_only("pauses a cleanup between batches by patching the sync executor's write")
 def test_rows_revived_during_cleanup_survive(
-    make_store: StoreFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    make_store: StoreFactory,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    keep_history: bool,
 ) -> None:
-    """Rows revived between two batches are live again, and no later batch deletes them."""
+    """Rows revived between two batches are live again, and no later batch deletes (or
+    archives) them."""
     monkeypatch.setattr(cleanup, "MIN_BATCH_ROWS", 4)
     monkeypatch.setattr(cleanup, "MAX_BATCH_ROWS", 4)
-    store = make_store(session_max_age=60)
+    store = make_store(session_max_age=60, keep_history=keep_history)
     ids = []
     for _ in range(20):
         ids.append(store.new_session().session_id)
@@ -54,20 +59,35 @@ def test_rows_revived_during_cleanup_survive(
     executor = store._executor
     assert executor is not None
     real_write = executor.write
+    # SQLite's archiving batches are transactions (PostgreSQL's single statements).
+    real_transaction = getattr(executor, "transaction", None)
 
-    def write(statement: Prepared, values: Any) -> Result:
-        result = real_write(statement, values)
+    def pause() -> None:
         if not first_batch.is_set():
             first_batch.set()
             assert go_on.wait(WAIT)
+
+    def write(statement: Prepared, values: Any) -> Result:
+        result = real_write(statement, values)
+        pause()
+        return result
+
+    def transaction(body: Any) -> Any:
+        assert real_transaction is not None
+        result = real_transaction(body)
+        pause()
         return result
 
     monkeypatch.setattr(executor, "write", write)
+    if real_transaction is not None:
+        monkeypatch.setattr(executor, "transaction", transaction)
     deleted: list[int] = []
     cleaner = threading.Thread(target=lambda: deleted.append(store.cleanup()))
     cleaner.start()
     assert first_batch.wait(WAIT)
     monkeypatch.setattr(executor, "write", real_write)
+    if real_transaction is not None:
+        monkeypatch.setattr(executor, "transaction", real_transaction)
     for sid in revived:
         store.revive_session(ReviveSession(sid))
     go_on.set()
@@ -161,7 +181,7 @@ def test_a_batch_cut_short_by_revivals_does_not_end_the_cleanup(
                 wait_for(
                     lambda: watcher.execute(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE 'DELETE%%'"
+                        " AND (query LIKE 'DELETE%%' OR query LIKE 'WITH moved%%')"
                     ).fetchone()[0],
                     WAIT,
                     "the cleanup waiting for the revived rows",
@@ -215,7 +235,12 @@ def test_a_cleanup_that_cannot_delete_gives_up_until_next_time(
         assert deleted == [len(gone)]
         with store.engine.connect() as connection:
             left = connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+            archived = connection.exec_driver_sql(
+                f"SELECT session_id FROM {table}_history ORDER BY session_id"
+            ).all()
         assert left == len(kept)
+        # What the trigger kept is not archived too: every session is in one place.
+        assert [sid for (sid,) in archived] == sorted(gone)
     finally:
         if backend.dialect == "postgresql":
             with store.engine.begin() as connection:

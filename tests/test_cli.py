@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from _support import table_names
 from conftest import Backend
 
+import sauce_sql
 from sauce_sql import Store
 
 SAUCE_SQL = Path(sys.executable).with_name("sauce-sql")
@@ -188,7 +189,7 @@ def test_report_days_are_utc_days(cli: Run, persistent_backend: Backend) -> None
     # PGTZ sets the PostgreSQL session's time zone far from UTC; SQLite ignores it.
     out = ok(cli("report", "--json", *target(persistent_backend), env={"PGTZ": "Asia/Tokyo"}))
     per_day = json.loads(out)["sessions_per_day"]
-    assert len(per_day) == 7
+    assert len(per_day) == 30  # --days defaults to 30
     assert per_day[str(midnight.date())] == 1
     assert per_day[str((midnight - timedelta(days=1)).date())] == 1
     assert per_day[str((midnight - timedelta(days=2)).date())] == 1
@@ -201,8 +202,8 @@ def test_report_for_people(cli: Run, persistent_backend: Backend) -> None:
     out = ok(cli("report", *target(persistent_backend)))
     live_line = next(line for line in out.splitlines() if "live sessions" in line)
     assert live_line.split()[-1] == "4"
-    assert "Top user agents" in out
-    assert "Mozilla/5.0" in out
+    assert "Browsers" in out
+    assert "Other" in out  # "Mozilla/5.0" alone names no known browser
 
 
 def test_report_on_an_empty_table(cli: Run, persistent_backend: Backend) -> None:
@@ -216,26 +217,41 @@ def test_report_on_an_empty_table(cli: Run, persistent_backend: Backend) -> None
 def test_cleanup_deletes_expired_sessions(
     entry_point: list[str], persistent_backend: Backend, tmp_path: Path
 ) -> None:
-    """`cleanup` deletes the expired sessions, keeps the live ones and says how many."""
+    """`cleanup` archives the expired sessions, keeps the live ones and says how many;
+    the report still counts every session."""
     fill(persistent_backend, live=2, expired=3)
     out = ok(run_command(entry_point, "cleanup", *target(persistent_backend), cwd=tmp_path))
     assert "3" in out
     report = run_command(entry_point, "report", "--json", *target(persistent_backend), cwd=tmp_path)
     data = json.loads(ok(report))
-    assert data["total_sessions"] == 2
+    assert data["total_sessions"] == 5
     assert data["live_sessions"] == 2
 
 
 def test_demo(entry_point: list[str], tmp_path: Path) -> None:
-    """`demo` runs on a temporary SQLite file it names, prints the report and exits 0."""
-    out = ok(run_command(entry_point, "demo", cwd=tmp_path))
+    """`demo` runs on a temporary SQLite file it names and removes, ignores SAUCE_SQL_URL,
+    and reports on every session of the week it simulated, archived ones included."""
+    elsewhere = tmp_path / "yours.db"
+    out = ok(
+        run_command(
+            entry_point, "demo", cwd=tmp_path, env={"SAUCE_SQL_URL": f"sqlite:///{elsewhere}"}
+        )
+    )
     assert "live sessions" in out
-    assert "Top user agents" in out
+    assert "Browsers" in out
     assert "survived the restart intact: True" in out
     assert not (tmp_path / "sauce_sql.db").exists()  # the default file is left alone
-    demo_files = list(tmp_path.glob("*/sauce_sql.db"))
-    assert len(demo_files) == 1
-    assert str(demo_files[0]) in out
+    assert not elsewhere.exists()  # and so is SAUCE_SQL_URL's
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind
+    assert "removed at the end" in out
+    archived = int(out.split("cleanup archived ")[1].split()[0])
+    ever = next(line for line in out.splitlines() if "sessions ever recorded" in line)
+    # 200 visitors, then 20 more: every one of them is counted, archived or live.
+    assert int(ever.split()[-1]) == 220
+    assert archived > 0
+    per_day = [line for line in out.splitlines() if line.startswith("    20")]
+    assert len(per_day) == 7
+    assert sum(int(line.split()[1]) for line in per_day) == 220
 
 
 def test_demo_on_a_given_database(cli: Run, persistent_backend: Backend) -> None:
@@ -302,7 +318,8 @@ def test_environment_reaches_every_subcommand(cli: Run, persistent_backend: Back
     data = json.loads(ok(cli("report", "--json", env=env)))
     assert data["table_name"] == persistent_backend.table_name
     assert data["live_sessions"] == 1
-    assert data["total_sessions"] == 1
+    assert data["total_sessions"] == 3
+    assert "deleted 1 sessions" in ok(cli("forget", "--session", "old-0", env=env))
 
 
 @pytest.mark.parametrize(
@@ -377,3 +394,84 @@ def test_table_names_are_case_insensitive(cli: Run, persistent_backend: Backend)
     args = ["--url", persistent_backend.url, "--table-name", lower.capitalize()]
     data = json.loads(ok(cli("report", "--json", *args)))
     assert (data["table_name"], data["live_sessions"]) == (lower, 2)
+
+
+def test_version(cli: Run) -> None:
+    """`--version` prints the package's version, the one sauce_sql.__version__ holds."""
+    assert ok(cli("--version")).strip() == f"sauce-sql {sauce_sql.__version__}"
+
+
+def test_forget_user_and_session(cli: Run, persistent_backend: Backend) -> None:
+    """`forget --user` and `forget --session` delete live and archived rows and say how
+    many; giving neither is a usage error (exit 2)."""
+    fill(persistent_backend, live=4, expired=2)
+    ok(cli("cleanup", *target(persistent_backend)))
+    assert "deleted 1 sessions of user 'user-1'" in ok(
+        cli("forget", "--user", "user-1", *target(persistent_backend))
+    )
+    assert "deleted 1 sessions of session 'old-1'" in ok(
+        cli("forget", "--session", "old-1", *target(persistent_backend))
+    )
+    assert report_json(cli, persistent_backend)["total_sessions"] == 4
+    assert cli("forget", *target(persistent_backend)).returncode == 2
+    assert "error" in one_line_error(cli("forget", "--user", "", *target(persistent_backend)))
+
+
+def test_usage_errors_exit_with_2(cli: Run) -> None:
+    """A bad command line (unknown option, bad --days) exits with status 2."""
+    assert cli("report", "--days", "0").returncode == 2
+    assert cli("report", "--no-such-option").returncode == 2
+
+
+def test_report_refuses_an_unknown_zone(cli: Run, persistent_backend: Backend) -> None:
+    """`report --tz` with a zone that does not exist fails with one line naming it."""
+    fill(persistent_backend, live=1, expired=0)
+    line = one_line_error(cli("report", "--tz", "Mars/Olympus", *target(persistent_backend)))
+    assert "Mars/Olympus" in line
+
+
+def test_report_json_days_and_html_file(
+    cli: Run, persistent_backend: Backend, tmp_path: Path
+) -> None:
+    """`report --days 3 --json` lists three days oldest first with sessions, views and
+    events; `--html FILE` writes a page and prints nothing on stdout."""
+    fill(persistent_backend, live=3, expired=0)
+    data = json.loads(ok(cli("report", "--days", "3", "--json", *target(persistent_backend))))
+    days = data["days"]
+    assert [d["day"] for d in days] == sorted(d["day"] for d in days)
+    assert len(days) == 3
+    assert days[-1]["sessions"] == 3
+    assert days[-1]["views"] == 1 + 2 + 3
+    assert {"day", "sessions", "views", "events"} <= set(days[0])
+    page = tmp_path / "report.html"
+    completed = cli("report", "--html", str(page), *target(persistent_backend))
+    assert ok(completed) == ""
+    assert "<svg" in page.read_text()
+
+
+def test_migrate_names_the_file_and_leaves_none_on_failure(cli: Run, tmp_path: Path) -> None:
+    """A migration that fails names the database file, and a file it created is removed."""
+    line = one_line_error(cli("migrate", "--url", "sqlite:///new.db", "--revision", "9999"))
+    assert "new.db" in line
+    assert not (tmp_path / "new.db").exists()
+    line = one_line_error(cli("migrate", "--url", "sqlite:///no/such/dir/x.db"))
+    assert "no/such/dir/x.db" in line
+
+
+def test_a_closed_pipe_ends_quietly(persistent_backend: Backend, tmp_path: Path) -> None:
+    """`report | head -1` prints its first line and no error about the broken pipe."""
+    fill(persistent_backend, live=2, expired=0)
+    command = " ".join(
+        [sys.executable, "-m", "sauce_sql", "report", "--days", "3000", *target(persistent_backend)]
+    )
+    completed = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{command} | head -1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.stdout.startswith("Sessions in table")
+    assert completed.stderr == ""
+    assert completed.returncode in (0, 141)

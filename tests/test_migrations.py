@@ -29,7 +29,7 @@ from sauce_sql.engine import create_store_engine, parse_url
 REPO = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = REPO / "alembic.ini"
 ALEMBIC = Path(sys.executable).with_name("alembic")
-HEAD = "0001"
+HEAD = "0002"
 COLUMNS = {
     "session_id",
     "user_agent",
@@ -387,7 +387,12 @@ def test_concurrent_migrations_of_one_table_from_four_processes(
         assert out.strip() == HEAD
     assert version_rows(engine, backend_table) == [HEAD]
     assert sorted(n for n in tables(engine) if backend_table in n) == sorted(
-        [backend_table, migrate.version_table(backend_table)]
+        [
+            backend_table,
+            f"{backend_table}_history",
+            f"{backend_table}_aggregates",
+            migrate.version_table(backend_table),
+        ]
     )
     migrate.check(engine, backend_table)
     if how == "store":

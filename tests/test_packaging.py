@@ -74,6 +74,7 @@ def test_wheel_carries_the_migrations_and_type_marker(wheel: Path) -> None:
         "sauce_sql/_migrations/env.py",
         "sauce_sql/_migrations/script.py.mako",
         "sauce_sql/_migrations/versions/0001_create_sessions.py",
+        "sauce_sql/_migrations/versions/0002_history.py",
     } <= names
     assert not any(name.startswith(("tests/", "migrations/")) for name in names)
 
@@ -142,9 +143,9 @@ def test_installed_wheel_migrates_and_runs_the_demo_away_from_the_checkout(
     ).stdout.strip()
     assert Path(where).is_relative_to(env_dir.resolve())  # the shipped copy, not the checkout's
 
-    assert "0001" in run("migrate", "--url", "sqlite:///x.db")
+    assert "0002" in run("migrate", "--url", "sqlite:///x.db")
     assert (elsewhere / "x.db").exists()
     assert '"live_sessions": 0' in run("report", "--json", "--url", "sqlite:///x.db")
     demo = run("demo")
     assert "live sessions" in demo
-    assert "Top user agents" in demo
+    assert "Browsers" in demo

@@ -99,7 +99,7 @@ def test_a_newer_revision_is_named(shared_backend: Backend, table: str, tmp_path
         assert "'0042'" in message
         assert "upgrade sauce_sql" in message.lower()
         assert table in message
-    execute(shared_backend.direct_url, f"UPDATE alembic_version_{table} SET version_num = '0001'")
+    execute(shared_backend.direct_url, f"UPDATE alembic_version_{table} SET version_num = '0002'")
     with Store(shared_backend.url, table_name=table, clean_interval=None) as store:
         assert store.session_exists("kept")
 

@@ -31,6 +31,7 @@ from sauce_sql import (
     SessionNotFound,
     Store,
 )
+from sauce_sql.config import DEFAULT_HISTORY_MAX_AGE
 from sauce_sql.statements import expiry_resolution
 
 MAX_AGE = 100
@@ -75,8 +76,12 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock.now = START
-        self.store.cleanup(FAR_FUTURE)  # start each example from an empty table
+        # Start each example from empty tables: at FAR_FUTURE every session expired and
+        # its archived copy is past history retention too.
+        self.store.cleanup(FAR_FUTURE)
         self.rows: dict[str, Row] = {}
+        #: The sessions cleanup archived, per id, oldest first.
+        self.archived: dict[str, list[Row]] = {}
         self.examples.append(1)
 
     # -- the model ------------------------------------------------------------------
@@ -105,6 +110,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     def revived(self, sid: str, ua: str, ip: str | None, uid: str | None) -> Row:
         row = self.rows.get(sid)
+        if row is None and self.archived.get(sid):
+            # Revival reaches history: the latest archived session comes back.
+            row = self.archived[sid].pop()
         if row is None:
             return self.fresh(ua, ip, uid)
         user = uid if uid is not None else row.user_id
@@ -189,7 +197,14 @@ class StoreMachine(RuleBasedStateMachine):
         got = self.store.cleanup() if offset is None else self.store.cleanup(moment)
         assert got == len(expired)
         for sid in expired:
-            del self.rows[sid]
+            row = self.rows.pop(sid)
+            archived = self.archived.setdefault(sid, [])
+            # One key per (id, expiry): a later archived session of that key replaces it.
+            archived[:] = [old for old in archived if old.expires_at != row.expires_at]
+            archived.append(row)
+        cutoff = moment - timedelta(seconds=DEFAULT_HISTORY_MAX_AGE)
+        for archived in self.archived.values():
+            archived[:] = [row for row in archived if row.expires_at > cutoff]
         state = self.store.get_state()
         assert (state.last_cleanup_at, state.last_cleanup_deleted) == (moment, got)
         assert state.total_cleaned == before + got

@@ -212,9 +212,12 @@ def test_state_hides_the_password() -> None:
     assert "db.example" in url
 
 
-def test_cleanup_deletes_only_expired_rows(make_store: StoreFactory, clock: FakeClock) -> None:
-    """cleanup() deletes and counts the expired rows; live ones stay as they were."""
-    store = make_store(session_max_age=100)
+@pytest.mark.parametrize("keep_history", [False, True])
+def test_cleanup_deletes_only_expired_rows(
+    make_store: StoreFactory, clock: FakeClock, keep_history: bool
+) -> None:
+    """cleanup() removes and counts the expired rows; live ones stay as they were."""
+    store = make_store(session_max_age=100, keep_history=keep_history)
     for sid in ("old1", "old2", "old3"):
         store.new_session(sid)
         store.inc_sequence(sid, "view")
@@ -225,8 +228,9 @@ def test_cleanup_deletes_only_expired_rows(make_store: StoreFactory, clock: Fake
     assert store.cleanup() == 3
     assert store.cleanup() == 0
     assert store.lookup_session("young") is not None
-    # A deleted row is gone: reviving it starts over instead of keeping its counter.
-    assert store.revive_session(ReviveSession("old1")).view_sequence == 0
+    # A deleted row is gone: reviving it starts over instead of keeping its counter;
+    # an archived one comes back with it.
+    assert store.revive_session(ReviveSession("old1")).view_sequence == int(keep_history)
     assert store.revive_session(ReviveSession("young")).view_sequence == 1
 
 

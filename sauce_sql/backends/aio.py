@@ -29,10 +29,10 @@ __all__ = ["AsyncDatabase"]
 def _schema_on(connection: Connection, table_name: str, memory: bool) -> None:
     """Make ``table_name`` current on ``connection`` (a synchronous one)."""
     if memory:
-        from sauce_sql.schema import sessions_table
+        from sauce_sql.schema import store_tables
 
         metadata = MetaData()
-        sessions_table(table_name, metadata)
+        store_tables(table_name, metadata)
         metadata.create_all(connection)
         connection.commit()
         return

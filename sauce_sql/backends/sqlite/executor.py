@@ -38,7 +38,9 @@ from sauce_sql.backends.sqlite.floor import FloorTimeout, WriteFloor
 from sauce_sql.backends.sqlite.group_commit import GroupCommitter
 from sauce_sql.engine import BUSY_TIMEOUT_MS, configure_sqlite, is_memory
 from sauce_sql.errors import StoreUnavailable
+from sauce_sql.history_sql import SQLITE_MASK_FUNCTION
 from sauce_sql.prepared import Prepared
+from sauce_sql.privacy import mask_ip
 
 logger = logging.getLogger("sauce_sql.connections")
 
@@ -309,6 +311,8 @@ class SQLiteExecutor(HeldConnections):
                 proxy.detach()
                 dbapi = proxy.dbapi_connection
             configure_sqlite(dbapi, durability=self._durability, memory=self._memory)
+            # Archiving masks IPv6 addresses with it (history_sql).
+            dbapi.create_function(SQLITE_MASK_FUNCTION, 1, mask_ip, deterministic=True)
             if not self._memory:
                 # The store's thread checkpoints (checkpoints.py); the connection's own
                 # checkpoint only backs it up.

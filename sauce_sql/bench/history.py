@@ -1,0 +1,220 @@
+"""``sauce-sql bench --history``: what history costs, on a SQLite file and PostgreSQL.
+
+- Archiving cleanup of N expired sessions against plain deletion (``keep_history=False``)
+  by the same store code, round by round in alternating order, while a writer thread
+  increments live sessions: total time, and the writer's worst wait during each.
+- The report over a million archived sessions (SQLite), and ``forget_user`` of a user
+  with a thousand sessions among many others.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from sauce_sql.bench import workloads as work
+from sauce_sql.report import build_report
+from sauce_sql.schema import history_table
+from sauce_sql.store import Store
+
+__all__ = ["run_history"]
+
+LIVE = 2000
+
+
+@contextmanager
+def _tables(url: str, *names: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if url.startswith("postgresql"):
+            engine = sa.create_engine(url)
+            with engine.begin() as connection:
+                for name in names:
+                    for suffix in ("_history", "_aggregates", ""):
+                        connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}{suffix}"')
+                    connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{name}"')
+            engine.dispose()
+
+
+def _fill_expired(store: Store, rows: int) -> None:
+    paramstyle = "qmark" if store.engine.dialect.name == "sqlite" else "pyformat"
+    with store.engine.connect() as connection:
+        raw: Any = connection.connection.dbapi_connection
+        work.insert_rows(
+            raw,
+            store.get_state().table_name,
+            work.new_ids(rows),
+            expired=True,
+            paramstyle=paramstyle,
+        )
+        raw.commit()
+
+
+def _archive_vs_delete(url: str, rows: int, runs: int) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:8]
+    names = {"archive": f"bench_arch_{suffix}", "delete": f"bench_del_{suffix}"}
+    results: dict[str, list[dict[str, Any]]] = {"archive": [], "delete": []}
+    with _tables(url, *names.values()):
+        stores = {
+            kind: Store(
+                url, table_name=name, clean_interval=None, keep_history=kind == "archive"
+            ).start()
+            for kind, name in names.items()
+        }
+        try:
+            ids = {}
+            for kind, store in stores.items():
+                ids[kind] = [store.new_session().session_id for _ in range(LIVE)]
+            for run in range(runs):
+                order = ["archive", "delete"] if run % 2 == 0 else ["delete", "archive"]
+                for kind in order:
+                    store = stores[kind]
+                    _fill_expired(store, rows)
+
+                    def increment(sid: str, store: Store = store) -> int:
+                        return store.inc_sequence(sid, "view")
+
+                    outcome = work.cleanup_under_load(store.cleanup, increment, ids[kind])
+                    assert outcome["deleted"] == rows, outcome["deleted"]
+                    results[kind].append(outcome)
+        finally:
+            for store in stores.values():
+                store.close()
+    summary: dict[str, Any] = {}
+    for kind, outcomes in results.items():
+        summary[kind] = {
+            "total_ms": statistics.median(o["total_ms"] for o in outcomes),
+            "totals_ms": [round(o["total_ms"], 1) for o in outcomes],
+            "worst_wait_ms": max(o["writer"]["worst_us"] / 1000 for o in outcomes),
+            "writer_alone_worst_ms": max(o["writer_alone"]["worst_us"] / 1000 for o in outcomes),
+        }
+    summary["ratio"] = summary["archive"]["total_ms"] / summary["delete"]["total_ms"]
+    return summary
+
+
+def _fill_history(store: Store, rows: int, *, user: str | None = None) -> None:
+    """``rows`` archived sessions over the last 400 days, written straight to history."""
+    history = history_table(store.get_state().table_name)
+    now = datetime.now(timezone.utc)
+    with store.engine.begin() as connection:
+        for start in range(0, rows, 50_000):
+            batch = []
+            for n in range(start, min(rows, start + 50_000)):
+                created = now - timedelta(seconds=(n * 34_560) % 34_560_000)
+                batch.append(
+                    {
+                        "session_id": uuid.uuid4().hex,
+                        "user_agent": "Mozilla/5.0 Firefox/132.0" if n % 3 else "curl/8.5.0",
+                        "client_ip": None,
+                        "user_id": user
+                        if user is not None
+                        else (f"u{n % 5000}" if n % 4 else None),
+                        "view_sequence": n % 7,
+                        "event_sequence": n % 3,
+                        "created_at": created,
+                        "last_modified": created,
+                        "expires_at": created + timedelta(hours=1, microseconds=n),
+                    }
+                )
+            connection.execute(history.insert(), batch)
+
+
+def _report_over_history(directory: Path, rows: int) -> dict[str, Any]:
+    url = f"sqlite:///{directory / 'history.db'}"
+    with Store(url, clean_interval=None) as store:
+        _fill_history(store, rows)
+        timings = []
+        for _ in range(3):
+            began = time.perf_counter()
+            report = build_report(store.engine, "sessions", datetime.now(timezone.utc))
+            timings.append(time.perf_counter() - began)
+    return {
+        "history_rows": rows,
+        "sessions_counted": report.total_sessions,
+        "seconds": statistics.median(timings),
+        "all_s": [round(t, 3) for t in timings],
+    }
+
+
+def _forget(url: str, others: int, sessions: int) -> dict[str, Any]:
+    name = f"bench_forget_{uuid.uuid4().hex[:8]}"
+    with _tables(url, name), Store(url, table_name=name, clean_interval=None) as store:
+        _fill_history(store, others)
+        timings = []
+        for n in range(5):
+            user = f"forgotten-{n}"
+            _fill_history(store, sessions - 100, user=user)
+            for _ in range(100):
+                store.new_session(user_id=user)
+            began = time.perf_counter()
+            gone = store.forget_user(user)
+            timings.append(time.perf_counter() - began)
+            assert gone == sessions, gone
+    return {
+        "sessions_of_user": sessions,
+        "other_rows": others,
+        "median_ms": statistics.median(timings) * 1000,
+        "worst_ms": max(timings) * 1000,
+    }
+
+
+def run_history(
+    pg_url: str | None,
+    *,
+    rows: int = 100_000,
+    runs: int = 3,
+    history_rows: int = 1_000_000,
+    directory: str | None = None,
+) -> dict[str, Any]:
+    """Every history figure; PostgreSQL's skipped when ``pg_url`` is None."""
+    with tempfile.TemporaryDirectory(dir=directory) as folder:
+        path = Path(folder)
+        results: dict[str, Any] = {
+            "sqlite_archive": _archive_vs_delete(f"sqlite:///{path / 'a.db'}", rows, runs),
+            "sqlite_report": _report_over_history(path, history_rows),
+            "sqlite_forget": _forget(f"sqlite:///{path / 'f.db'}", 100_000, 1000),
+        }
+    if pg_url is not None:
+        results["postgresql_archive"] = _archive_vs_delete(pg_url, rows, runs)
+        results["postgresql_forget"] = _forget(pg_url, 100_000, 1000)
+    return results
+
+
+def format_history(results: dict[str, Any]) -> str:
+    """The figures as text, each beside its target."""
+    lines = ["History (archiving cleanup, report, erasure)"]
+    for backend, bound in (("sqlite", 50), ("postgresql", 10)):
+        archive = results.get(f"{backend}_archive")
+        if archive is None:
+            continue
+        a, d = archive["archive"], archive["delete"]
+        lines += [
+            f"  {backend}: archiving cleanup {a['total_ms']:.0f} ms vs plain deletion "
+            f"{d['total_ms']:.0f} ms: {archive['ratio']:.2f}x (target <= 1.5x); "
+            f"runs {a['totals_ms']} vs {d['totals_ms']}",
+            f"    writer's worst wait during archiving {a['worst_wait_ms']:.1f} ms, during "
+            f"deletion {d['worst_wait_ms']:.1f} ms (target <= {bound} ms); alone before "
+            f"{a['writer_alone_worst_ms']:.1f} ms",
+        ]
+        forget = results[f"{backend}_forget"]
+        lines.append(
+            f"  {backend}: forget_user of {forget['sessions_of_user']} sessions among "
+            f"{forget['other_rows']} others: median {forget['median_ms']:.1f} ms, worst "
+            f"{forget['worst_ms']:.1f} ms (target <= 50 ms)"
+        )
+    report = results["sqlite_report"]
+    lines.append(
+        f"  sqlite: report over {report['history_rows']} archived sessions: "
+        f"{report['seconds']:.2f} s (target <= 1 s); runs {report['all_s']}"
+    )
+    return "\n".join(lines)

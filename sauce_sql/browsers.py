@@ -1,0 +1,41 @@
+"""Browser families from user-agent strings, for the report: people read "Firefox", not
+a 120-character token soup that changes with every release."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["browser_family"]
+
+# Order matters: Edge and Opera say "Chrome" too, Chrome says "Safari", bots say
+# "Mozilla". The first rule that matches names the family.
+_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (family, re.compile(pattern, re.IGNORECASE))
+    for family, pattern in (
+        (
+            "Bot or tool",
+            r"bot\b|crawl|spider|slurp|curl/|wget/|python-|httpx|go-http|okhttp|headless",
+        ),
+        ("Edge", r"\bEdg(e|A|iOS)?/"),
+        ("Opera", r"\bOPR/|\bOpera\b"),
+        ("Samsung Internet", r"SamsungBrowser/"),
+        ("Firefox", r"\b(Firefox|FxiOS)/"),
+        ("Chrome", r"\b(Chrome|CriOS|Chromium)/"),
+        ("Safari", r"\bVersion/[\d.]+.*Safari|\bSafari/|\bMobile/\w+ Safari"),
+    )
+)
+
+
+def browser_family(user_agent: str) -> str:
+    """The browser family of a user agent: "Firefox", "Chrome", "Safari", "Edge",
+    "Opera", "Samsung Internet", "Bot or tool", "Other", or "(none)" for an empty one.
+
+    >>> browser_family("Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0")
+    'Firefox'
+    """
+    if not user_agent:
+        return "(none)"
+    for family, pattern in _RULES:
+        if pattern.search(user_agent):
+            return family
+    return "Other"

@@ -1,0 +1,194 @@
+"""The pieces history's statements are built from: bind parameters, expressions and
+small statements. No I/O; :mod:`sauce_sql.history_statements` assembles them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Delete,
+    Insert,
+    Select,
+    String,
+    Table,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sauce_sql.schema import UTCDateTime
+
+__all__ = [
+    "FOLDED",
+    "HISTORY_IP_MODES",
+    "KEY",
+    "SQLITE_MASK_FUNCTION",
+    "archive",
+    "archived_ip",
+    "bound",
+    "bucket_of",
+    "copy_columns",
+    "count_revival",
+    "fold_into",
+    "folded",
+    "row_upto",
+    "uncopy",
+]
+
+#: What archiving does with a client IP: keep it, mask it (IPv4 to /24, IPv6 to /48),
+#: or drop it.
+HISTORY_IP_MODES = ("mask", "drop", "keep")
+#: The SQL function the store registers on its SQLite connections to mask IPv6.
+SQLITE_MASK_FUNCTION = "sauce_sql_mask_ip"
+
+NOW = bindparam("now", type_=UTCDateTime())
+BATCH = bindparam("batch", type_=BigInteger())
+
+
+def bucket_of(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    """The start of the 15-minute UTC bucket holding a stored time, as stored times are."""
+    if dialect == "postgresql":
+        origin: ColumnElement[Any] = literal_column("TIMESTAMPTZ '2000-01-01 00:00:00+00'")
+        return func.date_bin(literal_column("INTERVAL '15 minutes'"), column, origin)
+    if dialect == "sqlite":
+        # Stored as UTC text 'YYYY-MM-DD HH:MM:SS.ffffff': keep the hour, round the minutes.
+        minute = cast(func.substr(column, 15, 2), BigInteger())
+        return func.printf(
+            literal("%s%02d:00.000000", String()),
+            func.substr(column, 1, 14),
+            minute - minute.op("%")(15),
+            type_=String(),
+        )
+    raise ValueError(f"unsupported dialect {dialect!r}")
+
+
+def archived_ip(column: ColumnElement[Any], dialect: str, mode: str) -> ColumnElement[Any]:
+    """What history keeps of a client IP, in ``mode`` (see :data:`HISTORY_IP_MODES`)."""
+    if mode == "keep":
+        return column
+    if mode == "drop":
+        return null()
+    if mode != "mask":
+        raise ValueError(f"unsupported history IP mode {mode!r}")
+    if dialect == "postgresql":
+        # Stored addresses are canonical; a zone id ("fe80::1%eth0") is no inet.
+        address = cast(func.split_part(column, "%", 1), postgresql.INET())
+        return case(
+            (column.is_(None), null()),
+            (
+                func.family(address) == 4,
+                func.host(func.network(func.set_masklen(address, 24))),
+            ),
+            else_=func.host(func.network(func.set_masklen(address, 48))),
+        )
+    if dialect == "sqlite":
+        return case(
+            (column.is_(None), null()),
+            # Canonical IPv4: dropping the last number keeps the /24.
+            (func.instr(column, ":") == 0, func.rtrim(column, "0123456789").concat("0")),
+            else_=getattr(func, SQLITE_MASK_FUNCTION)(column),
+        )
+    raise ValueError(f"unsupported dialect {dialect!r}")
+
+
+def row_upto(table: Table, dialect: str) -> ColumnElement[bool]:
+    """``(expires_at, session_id) <=`` a bound read from the table, as stored."""
+    at_type: Any = String() if dialect == "sqlite" else UTCDateTime()
+    bound = tuple_(bindparam("bound_at", type_=at_type), bindparam("bound_id", type_=String()))
+    return tuple_(table.c.expires_at, table.c.session_id) <= bound
+
+
+def bound(table: Table, until: ColumnElement[Any]) -> Select[Any]:
+    """The (expires_at, session_id) of the ``batch``-th oldest row expired by ``until``."""
+    return (
+        select(table.c.expires_at, table.c.session_id)
+        .where(table.c.expires_at <= until)
+        .order_by(table.c.expires_at, table.c.session_id)
+        .limit(literal_column("1"))
+        .offset(BATCH)
+    )
+
+
+def copy_columns(source: Any, live: Table, dialect: str, ip_mode: str) -> list[ColumnElement[Any]]:
+    """The live table's columns of ``source`` (a table or CTE), the IP as archived."""
+    return [
+        archived_ip(source.c.client_ip, dialect, ip_mode)
+        if column.name == "client_ip"
+        else source.c[column.name]
+        for column in live.c
+    ]
+
+
+def folded(history: Any, dialect: str) -> list[ColumnElement[Any]]:
+    """One aggregates row per bucket of ``history`` rows (a table or CTE)."""
+    return [
+        bucket_of(history.c.created_at, dialect).label("bucket_start"),
+        func.count().label("sessions"),
+        func.sum(history.c.view_sequence).label("views"),
+        func.sum(history.c.event_sequence).label("events"),
+        func.count(case((history.c.view_sequence <= 1, 1))).label("bounces"),
+        func.count(history.c.user_id).label("identified"),
+    ]
+
+
+FOLDED = ("bucket_start", "sessions", "views", "events", "bounces", "identified")
+
+
+def fold_into(aggregates: Table, dialect: str, rows: Select[Any]) -> Insert:
+    """Add per-bucket counts to the aggregates, bucket by bucket."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(aggregates).from_select(list(FOLDED), rows)
+    return statement.on_conflict_do_update(
+        index_elements=[aggregates.c.bucket_start],
+        set_={name: aggregates.c[name] + statement.excluded[name] for name in FOLDED[1:]},
+    )
+
+
+def count_revival(aggregates: Table, dialect: str, rows: Any = None) -> Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    bucket = bindparam("bucket", type_=UTCDateTime())
+    if rows is None:
+        statement = insert(aggregates).values(bucket_start=bucket, revived=literal_column("1"))
+    else:
+        statement = insert(aggregates).from_select(["bucket_start", "revived"], rows)
+    return statement.on_conflict_do_update(
+        index_elements=[aggregates.c.bucket_start],
+        set_={"revived": aggregates.c.revived + 1},
+    )
+
+
+def archive(history: Table, dialect: str, names: list[str], rows: Select[Any]) -> Insert:
+    """Copy ``rows`` into history.
+
+    Two sessions of one id that expire at the same microsecond (possible only with a
+    clock standing still, or a cleanup given a moment ahead) share a key: the one
+    archived later, the latest state of that id, replaces the other.
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(history).from_select(names, rows)
+    return statement.on_conflict_do_update(
+        index_elements=[history.c.expires_at, history.c.session_id],
+        set_={name: statement.excluded[name] for name in names if name not in KEY},
+    )
+
+
+KEY = ("expires_at", "session_id")
+
+
+def uncopy(
+    live: Table, history: Table, kept: ColumnElement[bool], copied: ColumnElement[bool]
+) -> Delete:
+    """Delete the history copies of rows that are still live after their delete."""
+    key = tuple_(history.c.expires_at, history.c.session_id)
+    still_live = select(live.c.expires_at, live.c.session_id).where(kept)
+    return delete(history).where(copied, key.in_(still_live))

@@ -1,0 +1,162 @@
+"""Migration 0002 (history, aggregates, user_id index) on databases that hold sessions.
+
+A database migrated to 0001 and filled with sessions is upgraded in place, used,
+downgraded back to 0001 and upgraded again, on a SQLite file and on PostgreSQL; the
+in-memory schema (create_all) is checked against the migrations' with ``alembic check``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from conftest import START, Backend, FakeClock, make_backend
+
+from sauce_sql import ReviveSession, Store, migrate
+from sauce_sql.engine import create_store_engine, parse_url
+from sauce_sql.schema import store_tables
+
+ROWS = 500
+
+
+@pytest.fixture
+def engine(persistent_backend: Backend) -> Iterator[sa.Engine]:
+    """An engine on the backend, configured as the store configures its own."""
+    engine = create_store_engine(parse_url(persistent_backend.url), durability="normal")
+    yield engine
+    engine.dispose()
+
+
+def fill_0001(engine: sa.Engine, table: str) -> list[tuple[object, ...]]:
+    """Migrate ``table`` to 0001 and insert sessions with plain SQL, half of them expired."""
+    migrate.upgrade(engine, table, "0001")
+    live = sa.Table(table, sa.MetaData(), autoload_with=engine)
+    rows = [
+        {
+            "session_id": f"s{n:04d}",
+            "user_agent": "Mozilla/5.0 Firefox/132.0",
+            "client_ip": "203.0.113.7",
+            "user_id": f"u{n % 7}" if n % 3 else None,
+            "view_sequence": n % 5,
+            "event_sequence": n % 3,
+            "created_at": START + timedelta(seconds=n),
+            "last_modified": START + timedelta(seconds=n),
+            "expires_at": START + timedelta(hours=1 if n % 2 else -1, seconds=n),
+        }
+        for n in range(ROWS)
+    ]
+    with engine.begin() as connection:
+        connection.execute(live.insert(), rows)
+    return contents(engine, table)
+
+
+def contents(engine: sa.Engine, table: str) -> list[tuple[object, ...]]:
+    """Every row of ``table`` as read back, in key order."""
+    with engine.connect() as connection:
+        result = connection.exec_driver_sql(
+            f"SELECT session_id, user_agent, client_ip, user_id, view_sequence,"
+            f' event_sequence, created_at, expires_at FROM "{table}" ORDER BY session_id'
+        )
+        return [tuple(row) for row in result]
+
+
+def index_columns(engine: sa.Engine, table: str) -> list[list[str | None]]:
+    """The column lists of ``table``'s indexes."""
+    return sorted(index["column_names"] for index in sa.inspect(engine).get_indexes(table))
+
+
+def test_upgrade_a_populated_0001_table_in_place_and_back(
+    persistent_backend: Backend, engine: sa.Engine
+) -> None:
+    """0001 -> 0002 keeps every row and adds history, aggregates and the user_id index;
+    the store then archives and revives; 0002 -> 0001 keeps the live rows and drops
+    only what 0002 added; upgrading again works."""
+    table = persistent_backend.table_name
+    before = fill_0001(engine, table)
+    assert len(before) == ROWS
+
+    migrate.upgrade(engine, table)
+    assert migrate.current(engine, table) == "0002"
+    assert contents(engine, table) == before
+    names = set(sa.inspect(engine).get_table_names())
+    assert {f"{table}_history", f"{table}_aggregates"} <= names
+    assert ["user_id"] in index_columns(engine, table)
+    assert index_columns(engine, f"{table}_history") == [["session_id"], ["user_id"]]
+    migrate.check(engine, table)
+
+    clock = FakeClock(START)
+    with Store(engine=engine, table_name=table, clean_interval=None, clock=clock) as store:
+        assert store.cleanup() == ROWS // 2  # the expired half, moved to history
+        assert store.forget_user("u1") > 0
+        revived = store.revive_session(ReviveSession("s0002"))
+        assert (revived.view_sequence, revived.event_sequence) == (2, 2)
+    live_after = contents(engine, table)
+    archived = contents(engine, f"{table}_history")
+    assert len(live_after) + len(archived) == ROWS - sum(1 for row in before if row[3] == "u1")
+
+    migrate.downgrade(engine, table, "0001")
+    assert migrate.current(engine, table) == "0001"
+    names = set(sa.inspect(engine).get_table_names())
+    assert f"{table}_history" not in names
+    assert f"{table}_aggregates" not in names
+    assert index_columns(engine, table) == [["expires_at"]]
+    assert contents(engine, table) == live_after
+
+    migrate.upgrade(engine, table)
+    assert migrate.current(engine, table) == "0002"
+    assert contents(engine, table) == live_after
+    migrate.check(engine, table)
+
+
+def test_two_tables_each_get_their_own_history(
+    persistent_backend: Backend, engine: sa.Engine
+) -> None:
+    """Two session tables in one database each have their own history and aggregates,
+    and downgrading one leaves the other's alone."""
+    table = persistent_backend.table_name
+    other = f"{table}_b"
+    try:
+        migrate.upgrade(engine, table)
+        migrate.upgrade(engine, other)
+        names = set(sa.inspect(engine).get_table_names())
+        for name in (table, other):
+            assert {f"{name}_history", f"{name}_aggregates"} <= names
+        migrate.check(engine, table)
+        migrate.check(engine, other)
+        migrate.downgrade(engine, other, "base")
+        names = set(sa.inspect(engine).get_table_names())
+        assert f"{other}_history" not in names
+        assert f"{table}_history" in names
+        migrate.check(engine, table)
+    finally:
+        with engine.begin() as connection:
+            for name in (f"{other}_history", f"{other}_aggregates", other):
+                connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
+            connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{other}"')
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Iterator[Backend]:
+    """A SQLite file backend."""
+    yield from make_backend("sqlite_file", tmp_path)
+
+
+def test_create_all_matches_the_migrations(sqlite_file: Backend) -> None:
+    """The tables an in-memory store creates directly are the ones the migrations make:
+    `alembic check` finds nothing to generate for them."""
+    engine = create_store_engine(parse_url(sqlite_file.url), durability="normal")
+    try:
+        metadata = sa.MetaData()
+        store_tables("sessions", metadata)
+        metadata.create_all(engine)
+        with engine.connect() as connection:
+            config = migrate.make_config("sessions", connection)
+            command.stamp(config, "head")
+            connection.commit()
+        migrate.check(engine, "sessions")
+    finally:
+        engine.dispose()
