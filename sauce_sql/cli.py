@@ -298,6 +298,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--quick", action="store_true", help="small sizes: a minute or two")
     sub.add_argument(
+        "--web",
+        action="store_true",
+        help="only what the web middleware adds to a request (needs sauce-sql[web])",
+    )
+    sub.add_argument(
         "--history",
         action="store_true",
         help="only what history costs: archiving vs deleting, the report, forget_user",

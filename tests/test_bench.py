@@ -74,6 +74,22 @@ def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
         assert secret not in report
 
 
+def test_web_bench_runs_and_skipped_requests_call_no_store(tmp_path: Path) -> None:
+    """The web bench runs at tiny sizes: every figure is there, its skipped requests
+    made no store call, and the table names each target."""
+    from sauce_sql.bench.web import format_web, run_web
+
+    figures = run_web(str(tmp_path), rounds=1, per_round=20)
+    assert set(figures["views"]) == {"warm", "cold", "new"}
+    assert set(figures["skipped"]) == {"bot", "probe", "static", "prefetch"}
+    assert figures["skipped_requests"] == 4 * 2 * 20  # a warm-up round and one measured
+    assert figures["skipped_store_calls"] == 0
+    assert figures["bot_check"]["patterns"] > 1000
+    table = format_web(figures)
+    assert "<= 60" in table
+    assert "<= 5" in table
+
+
 @pytest.mark.slow
 @pytest.mark.postgresql
 def test_bench_server_parts_at_tiny_sizes() -> None:

@@ -385,6 +385,16 @@ def _server_parts(o: BenchOptions, results: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run from parsed command-line arguments; print the table or JSON."""
+    if getattr(args, "web", False):
+        from sauce_sql.bench.web import format_web, run_web
+
+        sizes = {"rounds": 4, "per_round": 200} if args.quick else {}
+        for name in ("rounds", "per_round"):
+            if getattr(args, name) is not None:
+                sizes[name] = getattr(args, name)
+        figures = run_web(args.dir, **sizes)
+        print(json.dumps(figures, indent=2) if args.json else format_web(figures))
+        return 0
     from sauce_sql.cli import BENCH_SIZES
 
     overrides: dict[str, Any] = {
