@@ -203,9 +203,19 @@ def revive(
     ``revive`` and ``revive_if_expired`` statements."""
     bucketed = {**values, "bucket": bucket_start(values["now"])}
     if statements.postgresql:
-        name = "revive_if_expired" if only_if_expired else "revive"
-        rows, _ = yield Step(_statement(statements, name), bucketed, write=True)
-        return list(rows)
+        # The common case first: the id's row is there (one plain UPDATE). Only
+        # without one does the full revival (history, or a new session) run.
+        suffix = "_if_expired" if only_if_expired else ""
+        existing = _statement(statements, f"revive_existing{suffix}")
+        rows, _ = yield Step(existing, values, write=True)
+        if not rows:
+            rows, _ = yield Step(_statement(statements, f"revive{suffix}"), bucketed, write=True)
+            return list(rows)
+        if rows[0][-1]:
+            # It was expired: a revival, counted in its own statement (a crash just
+            # after the revival loses this one count, never a session).
+            yield Step(_statement(statements, "count_revival"), bucketed, write=True)
+        return [tuple(row[:-1]) for row in rows]
 
     def body(run: Run) -> list[Sequence[Any]]:
         present, _ = run(_statement(statements, "live_expiry"), values)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Update,
     and_,
     any_,
     bindparam,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -92,6 +94,8 @@ class HistoryStatements:
     # Revival from history.
     revive: Select[Any] | None
     revive_if_expired: Select[Any] | None
+    revive_existing: Update | None
+    revive_existing_if_expired: Update | None
     live_expiry: Select[Any] | None
     restore: Insert | None
     unarchive: Delete | None
@@ -125,6 +129,8 @@ class HistoryStatements:
         "drop_rest": ("cutoff",),
         "revive": (*_REVIVE, "bucket"),
         "revive_if_expired": (*_REVIVE, "bucket"),
+        "revive_existing": _REVIVE,
+        "revive_existing_if_expired": _REVIVE,
         "live_expiry": ("sid",),
         "restore": _REVIVE,
         "unarchive": ("sid",),
@@ -202,6 +208,30 @@ def _pg_revive(
     return select(*(up.c[c.name] for c in live.c)).add_cte(unarchived, counted)
 
 
+def _pg_revive_existing(live: Table, *, only_if_expired: bool) -> Update:
+    """The common revival, of an id whose row is there (live, or expired and not yet
+    archived): one plain UPDATE, far cheaper to plan than :func:`_pg_revive`, which
+    also says whether the row was expired (a subquery in RETURNING sees the row as it
+    was before the statement), so that the revival is counted. No row: nothing
+    returned, and the full revival runs next."""
+    before = select(live.c.expires_at).where(live.c.session_id == _sid).scalar_subquery()
+    conditions = [live.c.session_id == _sid]
+    if only_if_expired:
+        conditions.append(live.c.expires_at <= _now)
+    return (
+        update(live)
+        .where(*conditions)
+        .values(
+            user_agent=bindparam("ua", type_=String()),
+            client_ip=bindparam("ip", type_=String()),
+            user_id=func.coalesce(_uid, live.c.user_id),
+            last_modified=_now,
+            expires_at=_expires,
+        )
+        .returning(*live.c, (before <= _now).label("was_expired"))
+    )
+
+
 def _pg_forget(live: Table, history: Table, condition: str) -> Select[Any]:
     """Delete a user's or an id's rows from both tables in one statement; their count."""
     param = _uid if condition == "user_id" else _sid
@@ -264,10 +294,12 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             drop_rest=None,
             revive=_pg_revive(live, history, aggregates, only_if_expired=False),
             revive_if_expired=_pg_revive(live, history, aggregates, only_if_expired=True),
+            revive_existing=_pg_revive_existing(live, only_if_expired=False),
+            revive_existing_if_expired=_pg_revive_existing(live, only_if_expired=True),
             live_expiry=None,
             restore=None,
             unarchive=None,
-            count_revival=None,
+            count_revival=count_revival(aggregates, dialect),
             forget_user=_pg_forget(live, history, "user_id"),
             forget_session=_pg_forget(live, history, "session_id"),
             delete_live_user=None,
@@ -327,6 +359,8 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         drop_rest=delete(history).where(history_past),
         revive=None,
         revive_if_expired=None,
+        revive_existing=None,
+        revive_existing_if_expired=None,
         live_expiry=select(live.c.expires_at).where(live.c.session_id == _sid),
         restore=sqlite.insert(live).from_select(names, latest).returning(*live.c),
         unarchive=delete(history).where(
