@@ -175,9 +175,18 @@ class Store(StoreCore):
             metadata.create_all(self._engine)
         else:
             from sauce_sql import migrate
+            from sauce_sql.backends.postgresql.startup import StartDeadline
 
-            if not migrate.is_current(self._engine, self._config.table_name):
-                migrate.upgrade(self._engine, self._config.table_name)
+            timeout = self._config.timeout
+            # Each step (connect, schema check, migration lock, migration) within the
+            # timeout, as every call is; a no-op on SQLite, whose busy timeout bounds it.
+            with (
+                StartDeadline(self._engine, timeout=timeout, describe=self._describe) as bound,
+                self._engine.connect() as connection,
+            ):
+                migrate.make_current(
+                    connection, self._config.table_name, lock_wait=timeout, step=bound.step
+                )
 
     def _started(self) -> SyncExecutor:
         executor = self._executor

@@ -169,3 +169,57 @@ def test_start_on_the_applications_engine_with_a_frozen_server_fails_within_the_
             assert store.inc_sequence(store.new_session().session_id, "view") == 1
     finally:
         engine.dispose()
+
+
+def test_asyncstore_on_the_applications_frozen_asyncengine_fails_within_the_timeout(
+    pg: Backend,
+) -> None:
+    """As above with the application's AsyncEngine: AsyncStore.start() fails naming the
+    schema check within its timeout, and the loop is not held meanwhile."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url, name = tagged_url(pg.url, "sauce_astart")
+    options: dict[str, Any] = {"table_name": pg.table_name, "timeout": TIMEOUT}
+    outcome: list[tuple[BaseException | None, float, float]] = []
+
+    async def scenario() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:  # left idle in the pool
+                await connection.execute(sa.text("SELECT 1"))
+            store = AsyncStore(engine=engine, clean_interval=None, **options)
+            with frozen(pg.url, name, backstop=WAIT):
+                ticks = [time.monotonic()]
+                gaps = [0.0]
+
+                async def tick() -> None:
+                    while True:
+                        await asyncio.sleep(0.001)
+                        gaps.append(time.monotonic() - ticks[-1])
+                        ticks.append(time.monotonic())
+
+                ticker = asyncio.get_running_loop().create_task(tick())
+                began = time.monotonic()
+                error: BaseException | None = None
+                try:
+                    await store.start()
+                except BaseException as exc:
+                    error = exc
+                outcome.append((error, time.monotonic() - began, max(gaps)))
+                ticker.cancel()
+            await store.close()
+            async with AsyncStore(engine=engine, clean_interval=None, **options) as again:
+                sid = (await again.new_session()).session_id
+                assert await again.inc_sequence(sid, "view") == 1
+        finally:
+            await engine.dispose()
+
+    thread = threading.Thread(target=lambda: asyncio.run(scenario()), daemon=True)
+    thread.start()
+    thread.join(2 * WAIT)
+    assert outcome, f"start() did not return in {WAIT} s"
+    assert not thread.is_alive()
+    error, took, worst = outcome[0]
+    print(f"FIGURES AsyncStore start on a frozen AsyncEngine: {error!r} after {took:.2f} s")
+    assert_timed_out(error, took, "checking the schema")
+    assert worst < 0.2, f"the loop was held for {worst * 1000:.0f} ms"

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql.backends import backend_for
 from sauce_sql.backends.base import AsyncExecutor
+from sauce_sql.backends.postgresql.startup import StartDeadline
 from sauce_sql.config import StoreConfig
 from sauce_sql.engine import create_store_engine, is_memory, prepare_threshold
 from sauce_sql.errors import InvalidInput, unavailable
@@ -26,8 +27,9 @@ from sauce_sql.errors import InvalidInput, unavailable
 __all__ = ["AsyncDatabase"]
 
 
-def _schema_on(connection: Connection, table_name: str, memory: bool) -> None:
-    """Make ``table_name`` current on ``connection`` (a synchronous one)."""
+def _schema_on(connection: Connection, table_name: str, memory: bool, bound: StartDeadline) -> None:
+    """Make ``table_name`` current on ``connection`` (a synchronous one), each step
+    within ``bound``'s timeout."""
     if memory:
         from sauce_sql.schema import store_tables
 
@@ -38,7 +40,7 @@ def _schema_on(connection: Connection, table_name: str, memory: bool) -> None:
         return
     from sauce_sql import migrate
 
-    migrate.make_current(connection, table_name)
+    migrate.make_current(connection, table_name, lock_wait=bound.timeout, step=bound.step)
 
 
 class AsyncDatabase:
@@ -114,6 +116,10 @@ class AsyncDatabase:
         """Whether this process runs a cleanup round now (see cleanup.cleanup_round)."""
         yield True
 
+    def _deadline(self, engine: Engine, describe: str) -> StartDeadline:
+        """Each step of the schema work within the store's timeout (on a server)."""
+        return StartDeadline(engine, timeout=self.config.timeout, describe=describe)
+
     def _schema_error(self, describe: str, exc: BaseException) -> Exception:
         return unavailable(f"database {describe} is unavailable", exc)
 
@@ -124,8 +130,11 @@ class AsyncDatabase:
         assert engine is not None
 
         def run() -> None:
-            with engine.connect() as connection:
-                _schema_on(connection, self.config.table_name, memory)
+            with (
+                self._deadline(engine, describe) as bound,
+                engine.connect() as connection,
+            ):
+                _schema_on(connection, self.config.table_name, memory, bound)
 
         try:
             await asyncio.to_thread(run)
@@ -180,8 +189,11 @@ class ServerDatabase(AsyncDatabase):
 
         table_name = self.config.table_name
         try:
-            async with self.engine.connect() as connection:
-                await connection.run_sync(_schema_on, table_name, False)
+            # The deadline sees the connections its context opens, in the greenlet of
+            # SQLAlchemy's asyncio adapter too.
+            with self._deadline(self.engine.sync_engine, describe) as bound:
+                async with self.engine.connect() as connection:
+                    await connection.run_sync(_schema_on, table_name, False, bound)
         except (SQLAlchemyError, CommandError, OSError) as exc:
             raise self._schema_error(describe, exc) from exc
 
