@@ -145,6 +145,16 @@ class AsyncDatabase:
 class SQLiteDatabase(AsyncDatabase):
     """A SQLite file or in-memory database; the store's own synchronous engine."""
 
+    @contextlib.asynccontextmanager
+    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
+        """The file's cleanup lease, as the synchronous store's cleaner holds (see
+        cleanup.cleanup_round); taken without waiting, so on the loop."""
+        from sauce_sql.cleanup import cleanup_round
+
+        assert self.own is not None
+        with cleanup_round(self.own, table_name) as ours:
+            yield ours
+
     async def open(self, describe: str) -> AsyncExecutor:
         from sauce_sql.backends.sqlite import sharing
         from sauce_sql.backends.sqlite.aio import AsyncSQLiteExecutor
