@@ -46,6 +46,9 @@ from sauce_sql.web.stats import WebState, WebStats
 
 __all__ = ["SauceMiddleware", "Tracker"]
 
+# How long a closing response's thread waits for its count (the store's own calls are
+# bounded by its timeout; this only keeps a wedged loop from holding the thread).
+_FINISH_WAIT = 60.0
 _SETTINGS = frozenset({"URL", "STORE", "STORE_OPTIONS", "OPTIONS"})
 _DEFAULTS: dict[str, Any] = {
     "fallback_keys": (),
@@ -133,20 +136,11 @@ class SauceMiddleware:
         self.config = configure(**options)
         self._stats = WebStats()
         self._guard = plans.Guard(self._stats, retry_after)
-        # Counts scheduled on the loop when a response closes, held until done.
-        self._pending: set[concurrent.futures.Future[None]] = set()
         SauceMiddleware.latest = self
 
     def get_state(self) -> WebState:
         """Views and events counted, requests skipped per reason, store failures."""
         return self._stats.snapshot()
-
-    def wait_pending(self, timeout: float | None = None) -> bool:
-        """Wait until the counts of the responses closed so far are stored (under ASGI
-        they are stored on the loop just after the response has gone); whether they
-        all were within ``timeout`` seconds. For tests, and for a graceful shutdown."""
-        _, pending = concurrent.futures.wait(list(self._pending), timeout)
-        return not pending
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
@@ -209,14 +203,20 @@ class SauceMiddleware:
         self._tally(visit)
 
     def _finish_on(self, loop: asyncio.AbstractEventLoop, visit: Visit) -> None:
-        # Django's ASGI handler closes the response from a thread; the count goes to the
-        # loop the store lives on, and the thread does not wait for it.
+        # Django's ASGI handler closes the response from a thread of the request's own
+        # (its ThreadSensitiveContext) and awaits that: the count runs on the loop the
+        # store lives on while the thread waits, so the request ends once it is stored
+        # (a server's graceful shutdown waits for it) and other requests go on.
         if not visit.finish_due:
             self._tally(visit)
             return
         future = asyncio.run_coroutine_threadsafe(self._afinish(visit), loop)
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:  # never wait on the loop's own thread
+            concurrent.futures.wait([future], timeout=_FINISH_WAIT)
 
     async def _afinish(self, visit: Visit) -> None:
         await self.arun(plans.finish(visit))

@@ -252,12 +252,6 @@ class Site:
                 raise
             self.middleware = None
 
-    def settle(self) -> None:
-        """Wait for the counts of the responses sent so far (Django under ASGI stores
-        them on the loop just after each response; the others before returning)."""
-        if self.adapter == "django-asgi":
-            assert self.middleware.wait_pending(60)
-
     def visitor(self, base_url: str = "http://testserver", **headers: str) -> Visitor:
         """A new visitor (an empty cookie jar), sending ``headers`` on every request."""
         return Visitor(self, base_url, headers)
@@ -334,9 +328,7 @@ class Visitor:
         """Send one request; the response, read."""
         if self.site.loop is None:
             return self._sync.request(method, path, **kwargs)
-        response = self.site.loop.run(self._async.request(method, path, **kwargs))
-        self.site.settle()
-        return response
+        return self.site.loop.run(self._async.request(method, path, **kwargs))
 
     async def arequest(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The same, awaited on the site's loop (ASGI only)."""

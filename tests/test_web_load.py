@@ -74,7 +74,6 @@ def test_concurrent_visitors_are_counted_exactly(web_site: Site) -> None:
             return got
 
         cookies = run_all(web_site.loop, [browse_async(i) for i in range(VISITORS)])
-    web_site.settle()
     rows = web_site.rows()
     assert len(rows) == VISITORS
     assert sorted(row["view_sequence"] for row in rows) == [VIEWS] * VISITORS
