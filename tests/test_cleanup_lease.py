@@ -9,6 +9,7 @@ test_cleanup_load.py.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _support import FAR_FUTURE
 
-from sauce_sql import Store
+from sauce_sql import AsyncStore, Store
 from sauce_sql.backends.sqlite.lease import cleanup_lease, others_present
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -101,3 +103,39 @@ def test_a_child_forked_mid_round_neither_keeps_nor_shares_the_lease(tmp_path: P
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         assert not others_present(database)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_called_cleanup_waits_for_another_process_round_at_most_its_timeout(
+    tmp_path: Path, kind: str
+) -> None:
+    """While another process holds the lease, a called cleanup() of Store or
+    AsyncStore waits for it up to the store's timeout, then cleans anyway."""
+    database = str(tmp_path / "sessions.db")
+    url = f"sqlite:///{database}"
+    Store(url, clean_interval=None).start().close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, database], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "taken"
+        began = time.monotonic()
+        if kind == "sync":
+            with Store(url, clean_interval=None, timeout=0.5) as store:
+                store.new_session("s")
+                assert store.cleanup(FAR_FUTURE) == 1
+        else:
+
+            async def clean() -> int:
+                async with AsyncStore(url, clean_interval=None, timeout=0.5) as store:
+                    await store.new_session("s")
+                    return await store.cleanup(FAR_FUTURE)
+
+            assert asyncio.run(clean()) == 1
+        assert 0.5 <= time.monotonic() - began < 5
+    finally:
+        holder.kill()
+        holder.wait(30)
+        if holder.stdout is not None:
+            holder.stdout.close()

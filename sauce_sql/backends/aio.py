@@ -112,8 +112,11 @@ class AsyncDatabase:
             await asyncio.to_thread(self.own.dispose)
 
     @contextlib.asynccontextmanager
-    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
-        """Whether this process runs a cleanup round now (see cleanup.cleanup_round)."""
+    async def cleanup_round(
+        self, table_name: str, *, wait: float | None = None
+    ) -> AsyncIterator[bool]:
+        """Whether this process runs a cleanup round now (see cleanup.cleanup_round:
+        ``wait=None`` is the background cleaner's round, a number a called cleanup's)."""
         yield True
 
     def _deadline(self, engine: Engine, describe: str) -> StartDeadline:
@@ -146,13 +149,19 @@ class SQLiteDatabase(AsyncDatabase):
     """A SQLite file or in-memory database; the store's own synchronous engine."""
 
     @contextlib.asynccontextmanager
-    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
-        """The file's cleanup lease, as the synchronous store's cleaner holds (see
-        cleanup.cleanup_round); taken without waiting, so on the loop."""
-        from sauce_sql.cleanup import cleanup_round
+    async def cleanup_round(
+        self, table_name: str, *, wait: float | None = None
+    ) -> AsyncIterator[bool]:
+        """The file's cleanup lease, as the synchronous store's rounds hold (see
+        cleanup.cleanup_round), waited for on the loop."""
+        from sauce_sql.backends.sqlite.lease import acleanup_lease
 
-        assert self.own is not None
-        with cleanup_round(self.own, table_name) as ours:
+        engine = self.own
+        assert engine is not None
+        if is_memory(engine.url) or engine.url.database is None:
+            yield True
+            return
+        async with acleanup_lease(engine.url.database, wait=wait) as ours:
             yield ours
 
     async def open(self, describe: str) -> AsyncExecutor:
@@ -245,9 +254,15 @@ class ServerDatabase(AsyncDatabase):
         )
 
     @contextlib.asynccontextmanager
-    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
+    async def cleanup_round(
+        self, table_name: str, *, wait: float | None = None
+    ) -> AsyncIterator[bool]:
         """A transaction-scoped advisory lock on a connection of its own, as the
-        synchronous store's cleaner holds (see cleanup.cleanup_round)."""
+        synchronous store's cleaner holds (see cleanup.cleanup_round); none for a
+        called cleanup (``wait`` given), which cleans in any case."""
+        if wait is not None:
+            yield True
+            return
         from sauce_sql.backends.postgresql.aio import AsyncpgDriver, Driver
 
         driver = AsyncpgDriver() if self._asyncpg else Driver()

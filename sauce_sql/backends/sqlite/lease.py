@@ -27,6 +27,7 @@ descriptor of it would let all the process's locks on it go.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -34,9 +35,9 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
-__all__ = ["LEASE_SUFFIX", "cleanup_lease", "enter", "leave", "others_present"]
+__all__ = ["LEASE_SUFFIX", "acleanup_lease", "cleanup_lease", "enter", "leave", "others_present"]
 
 logger = logging.getLogger("sauce_sql.cleanup")
 
@@ -153,6 +154,32 @@ def cleanup_lease(database: str, *, wait: float | None) -> Iterator[bool]:
             pause = 0.005
             while not taken and time.monotonic() < deadline:
                 time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                taken = _try(held)
+        try:
+            yield taken or wait is not None
+        finally:
+            if taken:
+                _let_go(held)
+    finally:
+        leave(database)
+
+
+@contextlib.asynccontextmanager
+async def acleanup_lease(database: str, *, wait: float | None) -> AsyncIterator[bool]:
+    """:func:`cleanup_lease` for an event loop: the wait is awaited."""
+    enter(database)
+    try:
+        held = _files.get(_key(database))
+        if held is None:
+            yield True
+            return
+        taken = _try(held)
+        if not taken and wait is not None:
+            deadline = time.monotonic() + wait
+            pause = 0.005
+            while not taken and time.monotonic() < deadline:
+                await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.05)
                 taken = _try(held)
         try:
