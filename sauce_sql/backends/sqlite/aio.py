@@ -167,7 +167,12 @@ class AsyncSQLiteExecutor:
         if not sync.lock.acquire(blocking=False):
             return None
         forks.inside()
+        # Then the process's turn on the file, when other processes write to it too.
+        turn = None
         try:
+            turn = sync.try_turn()
+            if turn is False:
+                return None
             inline = self._inline
             if inline is None:
                 inline = self._inline = self._open_inline()
@@ -182,6 +187,8 @@ class AsyncSQLiteExecutor:
                     return None
                 raise
         finally:
+            if turn:
+                sync.give_turn()
             forks.outside()
             sync.lock.release()
         sync.wrote()

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from sauce_sql.backends.base import ConnectionLost, Forks, Held, HeldConnections, Raw, Result
-from sauce_sql.backends.sqlite import forks, lease
+from sauce_sql.backends.sqlite import forks, lease, turns
 from sauce_sql.backends.sqlite.checkpoints import (
     BACKSTOP_FRAMES,
     CHECKPOINT_EVERY,
@@ -76,6 +76,8 @@ class SQLiteExecutor(HeldConnections):
         self._shared_commits = durability == "full"
         self._memory = is_memory(engine.url)
         super().__init__(engine, describe=describe)
+        # This process's turns on the file, among the processes writing to it.
+        self._turns = None if self._memory else turns.for_file(engine.url.database or "")
 
     def fresh_state(self) -> None:
         super().fresh_state()
@@ -92,6 +94,8 @@ class SQLiteExecutor(HeldConnections):
             locked=self.locked,
             unavailable=self.unavailable,
             error=self.error,
+            turn=self.take_turn,
+            give=self.give_turn,
         )
         self._floor = WriteFloor()
         self._writes = 0
@@ -181,21 +185,26 @@ class SQLiteExecutor(HeldConnections):
         try:
             with self.lock:
                 connection = self.writer_connection()
-                self.bound_busy_wait(deadline)
-
-                def run(prepared: Prepared, values: Mapping[str, Any]) -> Result:
-                    return self.run_on_writer(connection, prepared, prepared.parameters(values))
-
-                self.run_on_writer(connection, _BEGIN, ())
+                taken = self.take_turn(deadline)
                 try:
-                    result = body(run)
-                    self.run_on_writer(connection, _COMMIT, ())
-                except BaseException:
-                    if connection.in_transaction:
-                        with contextlib.suppress(self.error):
-                            connection.rollback()
-                    raise
-                return result
+                    self.bound_busy_wait(deadline)
+
+                    def run(prepared: Prepared, values: Mapping[str, Any]) -> Result:
+                        return self.run_on_writer(connection, prepared, prepared.parameters(values))
+
+                    self.run_on_writer(connection, _BEGIN, ())
+                    try:
+                        result = body(run)
+                        self.run_on_writer(connection, _COMMIT, ())
+                    except BaseException:
+                        if connection.in_transaction:
+                            with contextlib.suppress(self.error):
+                                connection.rollback()
+                        raise
+                    return result
+                finally:
+                    if taken:
+                        self.give_turn()
         finally:
             forks.outside()
 
@@ -360,10 +369,44 @@ class SQLiteExecutor(HeldConnections):
         try:
             with self.lock:
                 connection = self.writer_connection()
-                self.bound_busy_wait(deadline)
-                return self.run_on_writer(connection, prepared, parameters)
+                # Alone on the file (the common case) this reads two attributes.
+                file_turns = self._turns
+                taken = (
+                    file_turns is not None
+                    and (file_turns.present or time.monotonic() >= file_turns.recheck_at)
+                    and self.take_turn(deadline)
+                )
+                try:
+                    self.bound_busy_wait(deadline)
+                    return self.run_on_writer(connection, prepared, parameters)
+                finally:
+                    if taken:
+                        self.give_turn()
         finally:
             forks.outside()
+
+    def take_turn(self, deadline: float) -> bool:
+        """Take this process's turn among the processes writing to the file, if
+        others are there (turns.py); True if taken, to give back. The writer's lock
+        is held; past ``deadline`` the call's locked error."""
+        file_turns = self._turns
+        if file_turns is None:
+            return False
+        try:
+            return file_turns.take(deadline)
+        except turns.TurnTimeout:
+            raise self.locked() from None
+
+    def try_turn(self) -> bool | None:
+        """The turn without waiting: True if taken, None if not needed, False if it
+        is another process's now."""
+        file_turns = self._turns
+        return None if file_turns is None else file_turns.try_take()
+
+    def give_turn(self) -> None:
+        """Give back a turn :meth:`take_turn` or :meth:`try_turn` took."""
+        assert self._turns is not None
+        self._turns.give()
 
     def bound_busy_wait(self, deadline: float) -> None:
         """Let the writer's connection wait for another process's lock only until

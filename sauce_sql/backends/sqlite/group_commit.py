@@ -129,8 +129,14 @@ class GroupCommitter:
         locked: Callable[[], StoreUnavailable],
         unavailable: Callable[[BaseException], StoreUnavailable],
         error: type[Exception],
+        turn: Callable[[float], bool] = lambda deadline: False,
+        give: Callable[[], None] = lambda: None,
     ) -> None:
         self._connection = connection
+        # The process's turn among the processes on the file (turns.py): True if
+        # taken, then given back after the commit; raises locked() at the deadline.
+        self._turn = turn
+        self._give = give
         # The driver's errors: only they are a write's outcome; anything else raised
         # meanwhile (an interrupt) belongs to the thread it was raised in.
         self._error = error
@@ -325,20 +331,35 @@ class GroupCommitter:
         if group == [mine]:
             # The leader's own write, alone: autocommit, as cheap as the driver.
             try:
-                self._bound(mine.deadline)
-                mine.result = self._run(connection, mine.prepared, mine.parameters)
+                taken = self._turn(mine.deadline)
+                try:
+                    self._bound(mine.deadline)
+                    mine.result = self._run(connection, mine.prepared, mine.parameters)
+                finally:
+                    if taken:
+                        self._give()
             except StoreUnavailable as exc:
                 mine.error = exc
             return
         pending = list(group)
         while pending:
+            earliest = min(write.deadline for write in pending)
             try:
-                self._bound(min(write.deadline for write in pending))
+                taken = self._turn(earliest)
             except StoreUnavailable:
                 pending = self._time_out(pending)
                 continue
-            if self._transaction(connection, pending, together=True):
-                return
+            try:
+                try:
+                    self._bound(earliest)
+                except StoreUnavailable:
+                    pending = self._time_out(pending)
+                    continue
+                if self._transaction(connection, pending, together=True):
+                    return
+            finally:
+                if taken:
+                    self._give()
             pending = self._time_out(pending)
 
     def _time_out(self, writes: list[_Write]) -> list[_Write]:

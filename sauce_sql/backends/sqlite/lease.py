@@ -37,14 +37,24 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
-__all__ = ["LEASE_SUFFIX", "acleanup_lease", "cleanup_lease", "enter", "leave", "others_present"]
+__all__ = [
+    "LEASE_SUFFIX",
+    "acleanup_lease",
+    "cleanup_lease",
+    "descriptor",
+    "enter",
+    "holds_others",
+    "key",
+    "leave",
+    "others_present",
+]
 
 logger = logging.getLogger("sauce_sql.cleanup")
 
 #: The lease file is the database's path with this added.
 LEASE_SUFFIX = "-sauce-cleanup"
 
-_PRESENCE, _LEASE = 0, 1  # the byte each lock is on
+_PRESENCE, _LEASE = 0, 1  # the byte each lock is on (turns.py uses bytes 2 and 3)
 
 # struct flock on Linux and the BSDs: l_type, l_whence, l_start, l_len, l_pid.
 _FLOCK = "hhqqi"
@@ -68,6 +78,18 @@ _lock = threading.Lock()
 
 def _key(database: str) -> str:
     return os.path.realpath(database)
+
+
+def key(database: str) -> str:
+    """The name the file's locks go by in this process (its real path)."""
+    return _key(database)
+
+
+def descriptor(key: str) -> int | None:
+    """The lease file's descriptor for the file :func:`key` named, while a store of
+    this process uses it (None otherwise). Lock bytes of it; never close it."""
+    held = _files.get(key)
+    return None if held is None else held.fd
 
 
 def enter(database: str) -> None:
@@ -106,11 +128,14 @@ def _be_present(held: _File) -> None:
 def others_present(database: str) -> bool:
     """Whether a store of another process uses ``database`` (False if unknown)."""
     held = _files.get(_key(database))
-    if held is None:
-        return False
-    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _PRESENCE, 1, 0) + bytes(8)
+    return held is not None and holds_others(held.fd, _PRESENCE)
+
+
+def holds_others(fd: int, byte: int) -> bool:
+    """Whether another process holds a lock on ``byte`` of the lease file ``fd``."""
+    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0) + bytes(8)
     try:
-        answer = fcntl.fcntl(held.fd, fcntl.F_GETLK, query)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
     except OSError:
         return False
     # A process's own locks never conflict with its own: any conflict is another's.
