@@ -22,7 +22,8 @@ while a store of the process uses the file. The kernel lets them go when the pro
 ends, however it ends; they are not inherited by a forked child, which takes its own
 presence again at once. (Record locks are per process: within one the lease is also
 a plain lock, and nothing else in the process may open the file, as closing any
-descriptor of it would let all the process's locks on it go.)
+descriptor of it would let all the process's locks on it go.) Bytes 2 and 3 are the
+writers' turns between processes (turns.py).
 """
 
 from __future__ import annotations
