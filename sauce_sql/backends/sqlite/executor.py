@@ -67,6 +67,15 @@ def _outcome(rows: list[Sequence[Any]]) -> Outcome:
     return int(busy), int(in_log), int(copied)
 
 
+def _log_work_due(outcome: Outcome) -> bool:
+    """Whether the next write will do work on the log after this checkpoint: start it
+    over (the checkpoint copied all of it), or checkpoint it itself (the backstop)."""
+    if outcome is None:
+        return False
+    _, in_log, copied = outcome
+    return 0 < in_log <= copied or in_log >= BACKSTOP_FRAMES
+
+
 class SQLiteExecutor(HeldConnections):
     """Executes :class:`Prepared` statements for the stores on one SQLite database."""
 
@@ -96,6 +105,12 @@ class SQLiteExecutor(HeldConnections):
         self._floor = WriteFloor()
         self._writes = 0
         self._checkpointer: Checkpointer | None = None
+        #: Set by a checkpoint after which the next write works on the log (see
+        #: _log_work_due), cleared as a write on the writer's connection begins. The
+        #: write that starts the log over fsyncs its header (with synchronous=NORMAL
+        #: too), a millisecond or more: an asyncio store leaves such a write to a
+        #: worker thread rather than run it on the loop.
+        self.log_work_due = False
 
     def after_fork(self) -> None:
         if self._memory_proxy is not None:
@@ -229,7 +244,10 @@ class SQLiteExecutor(HeldConnections):
             return None
         finally:
             forks.outside()
-        return _outcome(rows)
+        outcome = _outcome(rows)
+        if _log_work_due(outcome):
+            self.log_work_due = True
+        return outcome
 
     def checkpoint_soon(self) -> None:
         """Have the store's thread checkpoint a file soon, without waiting for it.
@@ -262,11 +280,14 @@ class SQLiteExecutor(HeldConnections):
         try:
             with self.lock:
                 rows, _ = self.run_on_writer(self.writer_connection(), _CHECKPOINT, ())
+                outcome = _outcome(rows)
+                if _log_work_due(outcome):
+                    self.log_work_due = True
         except StoreUnavailable:
             return None
         finally:
             forks.outside()
-        return _outcome(rows)
+        return outcome
 
     def close(self) -> None:
         """Close the connections the executor holds; ones in use close when given back."""
@@ -386,6 +407,7 @@ class SQLiteExecutor(HeldConnections):
         """Run a statement on the writer's connection; the lock is held."""
         writer = self._writer
         assert writer is not None
+        self.log_work_due = False  # this write (if it is one) does that work
         try:
             return self.execute(writer, prepared, parameters)
         except ConnectionLost:
