@@ -156,7 +156,6 @@ def test_many_tasks_never_hold_more_than_its_size(keep_idle: int) -> None:
         assert budget.waiting == 0
         for _ in range(4):  # every place is free again
             assert budget.take_idle() is not None or await budget.take(later(0.1)) is None
-        budget.stop()
 
     asyncio.run(main())
 

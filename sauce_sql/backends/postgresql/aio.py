@@ -203,7 +203,8 @@ class AsyncServerExecutor:
             await self._discard(held)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        self._budget.stop()
+        # Calls still in flight, and tasks in line for a connection, keep their
+        # deadlines: each watchdog's timer fires once more at most, finding nothing.
 
     # -- calls ----------------------------------------------------------------------
 

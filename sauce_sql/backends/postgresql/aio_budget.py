@@ -132,7 +132,3 @@ class AsyncBudget(Generic[T]):
         idle, self._idle = self._idle, []
         self._counted -= len(idle)
         return idle
-
-    def stop(self) -> None:
-        """Unset the timer of the waiters' deadlines (the store is closed)."""
-        self._deadlines.stop()
