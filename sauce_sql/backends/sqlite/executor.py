@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 
 from sauce_sql.backends.base import Forks, Raw, Result
-from sauce_sql.backends.sqlite import forks
+from sauce_sql.backends.sqlite import forks, lease
 from sauce_sql.backends.sqlite.checkpoints import (
     BACKSTOP_FRAMES,
     CHECKPOINT_EVERY,
@@ -91,6 +91,16 @@ class SQLiteExecutor(SQLiteConnections):
         self._floor = WriteFloor()
         self._writes = 0
         self._checkpointer: Checkpointer | None = None
+
+    @property
+    def database(self) -> str | None:
+        """The database file's path (None in memory)."""
+        return None if self._memory else self.engine.url.database
+
+    def others_present(self) -> bool:
+        """Whether a store of another process uses the file (see lease.py)."""
+        database = self.database
+        return database is not None and lease.others_present(database)
 
     @property
     def group_commit(self) -> GroupCommitter:
