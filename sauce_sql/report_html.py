@@ -185,8 +185,8 @@ def render_html(report: Report) -> str:
         (f"{report.live_sessions:,}", "live sessions now"),
         (f"{now_total:,}", f"sessions in {len(days)} days"),
         (f"{report.total_sessions:,}", "sessions ever recorded"),
-        (f"{report.bounce_share * 100:.1f}%", "bounces (at most 1 view)"),
-        (f"{report.identified_share * 100:.1f}%", "identified (user set)"),
+        (f"{report.bounce_share * 100:.1f}%", f"bounces (at most 1 view), {len(days)} days"),
+        (f"{report.identified_share * 100:.1f}%", f"identified (user set), {len(days)} days"),
         (f"{report.revived_sessions:,}", "revived sessions ever"),
     ]
     browsers = report.browsers[:8]
@@ -253,7 +253,7 @@ def render_html(report: Report) -> str:
             + _table(["day", "revived"], [(d.day, d.revived) for d in days]),
         ),
         (
-            "Browsers",
+            f"Browsers, {len(days)} days",
             browser_svg
             + _table(
                 ["browser", "sessions", "share"],

@@ -65,9 +65,11 @@ def format_text(report: Report, width: int = 80) -> str:
         "",
         f"  {'live sessions':<{_LABEL}}{report.live_sessions:>8}",
         f"  {'sessions ever recorded':<{_LABEL}}{report.total_sessions:>8}",
+        f"  {'revived sessions ever':<{_LABEL}}{report.revived_sessions:>8}",
+        "",
+        f"  Sessions of the last {len(days)} days",
         f"  {'identified (user set)':<{_LABEL}}{_share(report.identified_share):>8}",
         f"  {'bounces (<= 1 view)':<{_LABEL}}{_share(report.bounce_share):>8}",
-        f"  {'revived sessions':<{_LABEL}}{report.revived_sessions:>8}",
         f"  {'views per session':<{_LABEL}}{_dist(report.views_per_session)}",
         f"  {'events per session':<{_LABEL}}{_dist(report.events_per_session)}",
         "",
@@ -87,7 +89,7 @@ def format_text(report: Report, width: int = 80) -> str:
     for d in days:
         lines.append(f"    {d.day}  {d.sessions:>7}  {'#' * round(bar * d.sessions / peak)}")
     lines.append(f"    {'earlier':<10}  {report.sessions_before_those_days:>7}")
-    lines += ["", "  Browsers"]
+    lines += ["", f"  Browsers, last {len(days)} days"]
     if not report.browsers:
         lines.append("    (none)")
     for entry in report.browsers:
