@@ -194,10 +194,15 @@ class AsyncStore(StoreCore):
     ) -> AnalyticsSession:
         """Create a live session with both counters at 0 (a random id if none is given).
 
-        Raises SessionExists if a live session has the id; an expired one is replaced.
+        Raises SessionExists if a live session has the id; an expired one is replaced
+        (archived first, with keep_history).
         """
         values = self._creation(session_id, user_agent, client_ip, user_id)
-        rows, _ = await self._started().write(self._statements().create, values)
+        archiving = self._archiving_create(session_id, values)
+        if archiving is None:
+            rows, _ = await self._started().write(self._statements().create, values)
+        else:
+            rows = await ops.arun(self._started(), archiving)
         return self._created(rows, values)
 
     async def lookup_session(self, session_id: str) -> AnalyticsSession | None:

@@ -99,6 +99,16 @@ class StoreCore:
         sid = uuid.uuid4().hex if session_id is None else validation.session_id(session_id)
         return self._write_values(sid, user_agent, client_ip, user_id)
 
+    def _archiving_create(
+        self, session_id: str | None, values: dict[str, Any]
+    ) -> ops.Operation[list[Any]] | None:
+        """With keep_history, the creation under a given id as an operation that
+        archives an expired row of that id first; None where a plain write does (a
+        random id, which no row has)."""
+        if session_id is None or not self._config.keep_history or self._history is None:
+            return None
+        return history.create(self._history, self._statements().create, values)
+
     def _created(self, rows: Sequence[Any], values: dict[str, Any]) -> AnalyticsSession:
         if not rows:
             raise SessionExists(values["sid"])

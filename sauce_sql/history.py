@@ -37,6 +37,7 @@ __all__ = [
     "archive_and_retire",
     "archive_expired",
     "bucket_start",
+    "create",
     "forget",
     "retire_history",
     "revive",
@@ -256,6 +257,28 @@ def revive(
 
     revived: list[Sequence[Any]] = yield Transaction(body)
     return revived
+
+
+def create(
+    statements: HistoryPrepared, create: Any, values: Mapping[str, Any]
+) -> Operation[list[Sequence[Any]]]:
+    """A new session under ``values["sid"]``, an expired row of that id still in the
+    live table archived in the same transaction (it would otherwise be overwritten
+    and its session lost). ``create`` is the store's own statement, which replaces an
+    expired row and leaves a live one alone; no row returned means a live one."""
+    if statements.postgresql:
+        rows, _ = yield Step(_statement(statements, "create_archiving"), values, write=True)
+        return list(rows)
+
+    def body(run: Run) -> list[Sequence[Any]]:
+        # Both take the row only if it is expired: a live one is neither copied nor
+        # replaced (and no row comes back).
+        run(_statement(statements, "archive_session"), values)
+        rows, _ = run(create, values)
+        return list(rows)
+
+    created: list[Sequence[Any]] = yield Transaction(body)
+    return created
 
 
 def _expired(stored: Any, now: datetime) -> bool:

@@ -99,6 +99,9 @@ class HistoryStatements:
     live_expiry: Select[Any] | None
     restore: Insert | None
     unarchive: Delete | None
+    # A new session under an id whose expired row is still live: that row archived first.
+    create_archiving: Insert | None
+    archive_session: Insert | None
     count_revival: Insert | None
     # Erasure.
     forget_user: Select[Any] | None
@@ -134,6 +137,8 @@ class HistoryStatements:
         "live_expiry": ("sid",),
         "restore": _REVIVE,
         "unarchive": ("sid",),
+        "create_archiving": ("sid", "now", "expires", "ua", "ip", "uid"),
+        "archive_session": ("sid", "now"),
         "count_revival": ("bucket",),
         "forget_user": ("uid",),
         "forget_session": ("sid",),
@@ -232,6 +237,48 @@ def _pg_revive_existing(live: Table, *, only_if_expired: bool) -> Update:
     )
 
 
+def _pg_create_archiving(live: Table, history: Table, ip_mode: str) -> Insert:
+    """A new session in one statement, the expired row under its id (if any) moved to
+    history first; no row returned when a live session holds the id.
+
+    The main INSERT reads a count of the archived rows, so that the CTEs run before
+    it: the expired row is then deleted (by this transaction) when the INSERT checks
+    the key, and the new row goes in beside the archived one. Left alone, PostgreSQL
+    would run the INSERT first and replace the row before the DELETE could see it.
+    """
+    expired = live.c.expires_at <= _now
+    old = delete(live).where(live.c.session_id == _sid, expired).returning(*live.c).cte("old")
+    names = [c.name for c in live.c]
+    archived = (
+        archive(
+            history, "postgresql", names, select(*copy_columns(old, live, "postgresql", ip_mode))
+        )
+        .returning(literal_column("1"))
+        .cte("archived")
+    )
+    after = select(func.count()).select_from(archived).scalar_subquery() >= 0
+    zero = literal_column("0", BigInteger())
+    values = select(
+        _sid,
+        bindparam("ua", type_=String()),
+        bindparam("ip", type_=String()),
+        _uid,
+        zero,
+        zero,
+        _now,
+        _now,
+        _expires,
+    ).where(after)
+    insert = postgresql.insert(live).from_select(names, values)
+    fresh = {name: insert.excluded[name] for name in names if name != "session_id"}
+    return (
+        insert.on_conflict_do_update(index_elements=[live.c.session_id], set_=fresh, where=expired)
+        .returning(*live.c)
+        .add_cte(old)
+        .add_cte(archived)
+    )
+
+
 def _pg_forget(live: Table, history: Table, condition: str) -> Select[Any]:
     """Delete a user's or an id's rows from both tables in one statement; their count."""
     param = _uid if condition == "user_id" else _sid
@@ -299,6 +346,8 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             live_expiry=None,
             restore=None,
             unarchive=None,
+            create_archiving=_pg_create_archiving(live, history, ip_mode),
+            archive_session=None,
             count_revival=count_revival(aggregates, dialect),
             forget_user=_pg_forget(live, history, "user_id"),
             forget_session=_pg_forget(live, history, "session_id"),
@@ -363,6 +412,15 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         revive_existing_if_expired=None,
         live_expiry=select(live.c.expires_at).where(live.c.session_id == _sid),
         restore=sqlite.insert(live).from_select(names, latest).returning(*live.c),
+        create_archiving=None,
+        archive_session=archive(
+            history,
+            dialect,
+            names,
+            select(*copy_columns(live, live, dialect, ip_mode)).where(
+                live.c.session_id == _sid, expired
+            ),
+        ),
         unarchive=delete(history).where(
             history.c.session_id == _sid, history.c.expires_at == newest.scalar_subquery()
         ),
