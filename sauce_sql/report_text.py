@@ -8,11 +8,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sauce_sql.report import Distribution, Report
 
-__all__ = ["format_text", "sparkline"]
+__all__ = ["MIN_PREVIOUS", "format_text", "period_change", "sparkline"]
 
 _BARS = "▁▂▃▄▅▆▇█"
 _LABEL = 24  # the label column of a sparkline row
 _VALUE = 12  # the value column after it
+#: Sessions the previous period needs before a change is given as a percentage: on
+#: 3 sessions a "+3367%" says nothing that "3 then" does not say better.
+MIN_PREVIOUS = 30
+
+
+def period_change(now: int, before: int) -> str:
+    """This period's sessions against the previous period's, in words."""
+    if not before:
+        return "no sessions in the previous period"
+    if before < MIN_PREVIOUS:
+        return f"{before} session{'s' if before != 1 else ''} in the previous period"
+    return f"{(now - before) / before * 100:+.0f}% on the previous period"
 
 
 def sparkline(values: Sequence[float], width: int) -> str:
@@ -55,11 +67,7 @@ def format_text(report: Report, width: int = 80) -> str:
     known = [d.identified / d.sessions if d.sessions else 0.0 for d in days]
     revived = [d.revived for d in days]
     previous = sum(d.previous_sessions for d in days)
-    change = (
-        f"{(sum(sessions) - previous) / previous * 100:+.0f}% on the previous period"
-        if previous
-        else "no sessions in the previous period"
-    )
+    change = period_change(sum(sessions), previous)
     lines = [
         f"Sessions in table {report.table_name!r} at {report.generated_at}",
         "",
