@@ -110,16 +110,13 @@ def delete_expired(
     count: Callable[[int], None] | None = None,
     stop: StopSignal | None = None,
     batch: Batch | None = None,
-    batch_seconds: float | None = None,
-    start_rows: int = START_BATCH_ROWS,
 ) -> Operation[int]:
     """Delete every row expired at ``now``, batch by batch; return how many went.
 
     ``count`` is told each batch's deletions as they commit; ``stop``, once set, ends
     the cleanup between batches (so that closing a store need not wait for a backlog).
     ``batch`` replaces the plain delete of one batch (archiving and history retention
-    run their own, :mod:`sauce_sql.history`), ``batch_seconds`` the backend's batch time
-    and ``start_rows`` the first batch's size (for batches heavier than a delete).
+    run their own, :mod:`sauce_sql.history`).
 
     Each batch is sized from the last one's rate so that it takes about the backend's
     ``batch_seconds``: row counts alone would hold the lock for very different times
@@ -128,8 +125,7 @@ def delete_expired(
     backend = backend_for(dialect_name)
     if batch is None:
         batch = _bounded_batch if backend.bounded_batches else _batch
-    seconds = backend.batch_seconds if batch_seconds is None else batch_seconds
-    rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, start_rows)), 0, 0
+    rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0, 0
     while True:
         started = time.perf_counter()
         done, last = yield from batch(statements, now, rows)
@@ -147,7 +143,7 @@ def delete_expired(
         if last or fruitless >= MAX_FRUITLESS or (stop is not None and stop.is_set()):
             return deleted
         # At most double per step, so one lucky fast batch cannot make the next one huge.
-        fitting = int(max(done, 1) * seconds / max(elapsed, 1e-6))
+        fitting = int(max(done, 1) * backend.batch_seconds / max(elapsed, 1e-6))
         rows = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, 2 * rows, fitting))
 
 

@@ -133,23 +133,6 @@ def _dialect(statements: HistoryPrepared) -> str:
     return "postgresql" if statements.postgresql else "sqlite"
 
 
-#: PostgreSQL: how long one archiving or retention batch should take, and the first
-#: batch's size. A plain delete only marks rows, but moving a row writes it and its
-#: index entries to the log, about ten times the bytes; every writer's commit then
-#: waits for the flush of what the batch logged before it. Batches of a few
-#: milliseconds keep that wait short (benchmarks/README.md) and cost no throughput,
-#: each being one statement. SQLite keeps its backend's batch time: there the batch
-#: holds the one write lock, and its cost is per page, not per commit.
-PG_HISTORY_BATCH_SECONDS = 0.005
-PG_HISTORY_START_ROWS = 300
-
-
-def _sizes(statements: HistoryPrepared) -> dict[str, Any]:
-    if statements.postgresql:
-        return {"batch_seconds": PG_HISTORY_BATCH_SECONDS, "start_rows": PG_HISTORY_START_ROWS}
-    return {}
-
-
 def archive_expired(
     statements: HistoryPrepared,
     now: datetime,
@@ -165,7 +148,6 @@ def archive_expired(
         count=count,
         stop=stop,
         batch=_archive_batch,
-        **_sizes(statements),
     )
 
 
@@ -184,12 +166,7 @@ def retire_history(
         return 0
     return (
         yield from delete_expired(
-            statements,
-            cutoff,
-            dialect_name=_dialect(statements),
-            stop=stop,
-            batch=_retire_batch,
-            **_sizes(statements),
+            statements, cutoff, dialect_name=_dialect(statements), stop=stop, batch=_retire_batch
         )
     )
 
