@@ -59,14 +59,7 @@ class Tracker(TrackerBase):
         visit = self._visit
         if visit.skipped is not None:
             return 0
-        value = await self._run(plans.count(visit, kind))
-        if value is None:
-            return 0
-        if kind is SequenceType.VIEW:
-            visit.views += 1
-        else:
-            visit.events += 1
-        return value
+        return plans.counted(visit, kind, await self._run(plans.count(visit, kind)))
 
     async def track_event(self) -> int:
         """Count an event for the visitor; the new event sequence (0 if not counted)."""

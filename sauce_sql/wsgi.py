@@ -24,7 +24,7 @@ from sauce_sql.models import SequenceType
 from sauce_sql.store import Store
 from sauce_sql.web import plans
 from sauce_sql.web.core import TrackerBase, Visit, begin
-from sauce_sql.web.options import DEFAULT_COOKIE_MAX_AGE, WANTED_HEADERS, configure
+from sauce_sql.web.options import DEFAULT_COOKIE_MAX_AGE, ENVIRON_KEYS, configure
 from sauce_sql.web.rules import DEFAULT_PROBE_PATHS, DEFAULT_STATIC_EXTENSIONS, DEFAULT_STATIC_PATHS
 from sauce_sql.web.stats import WebState, WebStats
 
@@ -33,10 +33,6 @@ __all__ = ["SauceMiddleware", "Tracker"]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-_ENVIRON_KEYS = tuple(
-    (name, "HTTP_" + name.upper().replace("-", "_")) for name in sorted(WANTED_HEADERS)
-)
 
 
 class Tracker(TrackerBase):
@@ -58,14 +54,7 @@ class Tracker(TrackerBase):
         visit = self._visit
         if visit.skipped is not None:
             return 0
-        value = self._run(plans.count(visit, kind))
-        if value is None:
-            return 0
-        if kind is SequenceType.VIEW:
-            visit.views += 1
-        else:
-            visit.events += 1
-        return value
+        return plans.counted(visit, kind, self._run(plans.count(visit, kind)))
 
     def track_event(self) -> int:
         """Count an event for the visitor; the new event sequence (0 if not counted)."""
@@ -180,7 +169,7 @@ class SauceMiddleware:
             self._stats.skip(reason)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        headers = {name: environ[key] for name, key in _ENVIRON_KEYS if key in environ}
+        headers = {name: environ[key] for name, key in ENVIRON_KEYS if key in environ}
         visit = begin(
             self.config,
             environ.get("REQUEST_METHOD", "GET"),

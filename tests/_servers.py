@@ -24,8 +24,10 @@ def free_port() -> int:
 class Server:
     """One server process serving an app of ``_web_apps`` on a port of its own."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
-        self.argv, self.port, self.log = argv, port, log
+    def __init__(
+        self, argv: list[str], env: dict[str, str], port: int, log: Path, cwd: Path = TESTS
+    ) -> None:
+        self.argv, self.port, self.log, self.cwd = argv, port, log, cwd
         self.env = {**os.environ, **env, "PYTHONPATH": str(TESTS)}
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -38,7 +40,7 @@ class Server:
         """Start the process and wait until it accepts connections."""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv, cwd=TESTS, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -64,17 +66,24 @@ class Server:
             process.wait()
 
 
-def gunicorn(env: dict[str, str], log: Path, workers: int = 4) -> Server:
-    """gunicorn with ``workers`` sync workers serving the Flask test app."""
+def gunicorn(
+    env: dict[str, str], log: Path, workers: int = 4, app: str = "_web_apps:flask_from_env()"
+) -> Server:
+    """gunicorn with ``workers`` sync workers serving ``app`` (the Flask test app)."""
     port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}"]
-    argv += ["--graceful-timeout", "5", "_web_apps:flask_from_env()"]
+    argv += ["--graceful-timeout", "5", app]
     return Server(argv, env, port, log)
 
 
-def uvicorn(env: dict[str, str], log: Path) -> Server:
-    """uvicorn serving the Starlette test app, lifespan on."""
+def uvicorn(
+    env: dict[str, str],
+    log: Path,
+    factory: str = "_web_apps:starlette_from_env",
+    lifespan: str = "on",
+) -> Server:
+    """uvicorn serving the app ``factory`` makes (the Starlette test app, lifespan on)."""
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "_web_apps:starlette_from_env"]
-    argv += ["--port", str(port), "--lifespan", "on", "--log-level", "warning"]
+    argv = [sys.executable, "-m", "uvicorn", "--factory", factory]
+    argv += ["--port", str(port), "--lifespan", lifespan, "--log-level", "warning"]
     return Server(argv, env, port, log)

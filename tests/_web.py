@@ -32,7 +32,7 @@ CHROME = (
 )
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 PAGE = re.compile(r"sid=([^\s<]+) skipped=([^\s<]+)")
-ADAPTERS = ["wsgi", "asgi"]
+ADAPTERS = ["wsgi", "asgi", "django-wsgi", "django-asgi"]
 #: In CI (SAUCE_SQL_REQUIRE_PG=1) a missing browser fails the browser test instead of skipping.
 REQUIRE_BROWSER = os.environ.get("SAUCE_SQL_REQUIRE_PG") == "1"
 
@@ -210,6 +210,31 @@ class Site:
                 self.store.start()
             self.app = flask_app(store=self.store, **options)
             self.middleware = self.app.wsgi_app
+        elif adapter == "django-wsgi":
+            from _django_site import handler
+
+            from sauce_sql.django import SauceMiddleware
+
+            self.store = Store(url, **store_options)
+            if start:
+                self.store.start()
+            self.app = handler(adapter, self.store, **options)
+            self.middleware = SauceMiddleware.latest
+        elif adapter == "django-asgi":
+            from _django_site import handler
+
+            from sauce_sql.django import SauceMiddleware
+
+            self.loop = LoopThread()
+            self.store = sauce_sql.AsyncStore(url, **store_options)
+            try:
+                if start:
+                    self.loop.run(self.store.start())
+                self.app = handler(adapter, self.store, **options)
+            except BaseException:
+                self.close()
+                raise
+            self.middleware = SauceMiddleware.latest
         else:
             async_store = async_store_class()
             assert async_store is not None, "no AsyncStore in sauce_sql yet"

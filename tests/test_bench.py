@@ -80,7 +80,8 @@ def test_web_bench_runs_and_skipped_requests_call_no_store(tmp_path: Path) -> No
     from sauce_sql.bench.web import format_web, run_web
 
     figures = run_web(str(tmp_path), rounds=1, per_round=20)
-    assert set(figures["views"]) == {"warm", "cold", "new"}
+    assert set(figures["views"]) == {"warm", "cold_agent", "cold", "new"}
+    assert set(figures["asgi"]) == {"warm", "cold_agent", "cold", "new", "bot"}
     assert set(figures["skipped"]) == {"bot", "probe", "static", "prefetch"}
     assert figures["skipped_requests"] == 4 * 2 * 20  # a warm-up round and one measured
     assert figures["skipped_store_calls"] == 0

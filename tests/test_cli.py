@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -475,3 +476,29 @@ def test_a_closed_pipe_ends_quietly(persistent_backend: Backend, tmp_path: Path)
     assert completed.stdout.startswith("Sessions in table")
     assert completed.stderr == ""
     assert completed.returncode in (0, 141)
+
+
+def test_readme_command_table_lists_every_subcommand_with_its_real_options() -> None:
+    """The README's command table names every subcommand and exactly the options each
+    takes beyond ``--url`` and ``--table-name`` (which the text before it covers)."""
+    import re
+
+    from sauce_sql.cli import _parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = {
+        found.group(1): set(re.findall(r"`(--[a-z-]+)", found.group(2))) - {"--url"}
+        for found in re.finditer(r"^\| `sauce-sql (\w+)` \| (.*?) \|", readme, re.M)
+    }
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    real = {
+        name: {
+            option
+            for action in sub._actions
+            for option in action.option_strings
+            if option.startswith("--") and option not in ("--help", "--url", "--table-name")
+        }
+        for name, sub in commands.choices.items()
+    }
+    assert table == real

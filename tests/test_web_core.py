@@ -75,14 +75,23 @@ def test_index_agrees_with_the_list_on_made_up_agents(user_agent: str) -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"^curl", r"AdsBot-Google([^-]|$)", r"[wW]get", r"(sistrix|SISTRIX) [cC]rawler", r"a+b?c*d"],
+    [
+        r"^curl",
+        r"AdsBot-Google([^-]|$)",
+        r"[wW]get",
+        r"(sistrix|SISTRIX) [cC]rawler",
+        r"a+b?c*d",
+        r"PR-CY\.RU",  # no piece of letters and digits only: looked for apart
+        r"Y!J",
+    ],
 )
 def test_index_of_regex_constructs_matches_like_the_regex(pattern: str) -> None:
     """Anchors, classes, groups, alternations and quantifiers are filed so that the
     index finds exactly what the regex finds."""
     index = CrawlerIndex([pattern])
     for text in ["curl/8", "x curl", "AdsBot-Google", "AdsBot-Google-Mobile", "Wget", "wget",
-                 "SISTRIX Crawler", "sistrix crawler", "ad", "abd", "aacccd", "xyz"]:  # fmt: skip
+                 "SISTRIX Crawler", "sistrix crawler", "ad", "abd", "aacccd", "xyz",
+                 "x PR-CY.RU", "PR-CY-RU", "pr-cy.ru", "Y!J-ASR/0.1", "y!j"]:  # fmt: skip
         assert index.search(text) == bool(re.search(pattern, text)), text
 
 

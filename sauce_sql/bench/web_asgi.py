@@ -101,6 +101,11 @@ async def _measure(store: Any, rounds: int, per_round: int) -> dict[str, Any]:
         async def warm() -> None:
             await app(dict(returning), _receive, ignore)
 
+        async def cold_agent() -> None:
+            n = next(serial)
+            scope = _scope(user_agent=CHROME.format(3, n), cookie=visitors[0])
+            await app(scope, _receive, ignore)
+
         async def cold() -> None:
             n = next(serial)
             scope = _scope(user_agent=CHROME.format(2, n), cookie=visitors[n % len(visitors)])
@@ -115,7 +120,14 @@ async def _measure(store: Any, rounds: int, per_round: int) -> dict[str, Any]:
             await app(dict(bot), _receive, ignore)
 
         measured = await _interleaved(
-            {"bare": bare, "warm": warm, "cold": cold, "new": new, "bot": skipped},
+            {
+                "bare": bare,
+                "warm": warm,
+                "cold_agent": cold_agent,
+                "cold": cold,
+                "new": new,
+                "bot": skipped,
+            },
             rounds,
             per_round,
         )
@@ -127,7 +139,7 @@ async def _measure(store: Any, rounds: int, per_round: int) -> dict[str, Any]:
             "added_us": round(measured[name].median_us - base, 2),
             "p99_us": round(measured[name].p99_us, 2),
         }
-        for name in ("warm", "cold", "new", "bot")
+        for name in ("warm", "cold_agent", "cold", "new", "bot")
     }
 
 

@@ -44,6 +44,9 @@ PROBE_AGENTS = (
 )
 #: Headless and automated browsers. Lower case, matched as text.
 HEADLESS_AGENTS = ("headlesschrome", "phantomjs", "puppeteer", "playwright", "slimerjs")
+# Each list as one search of the user agent, rather than a search per entry.
+_PROBES = re.compile("|".join(map(re.escape, PROBE_AGENTS)))
+_HEADLESS = re.compile("|".join(map(re.escape, HEADLESS_AGENTS)))
 
 # Text common in browsers' user agents: an index piece taken from it would send every
 # human user agent to that pattern, so pieces are chosen elsewhere where a pattern allows.
@@ -144,14 +147,25 @@ def _skip_group(text: str, i: int) -> int:
 
 
 def _piece(alternative: str) -> str | None:
-    """The three letters (lower case) to file ``alternative`` under, or None."""
+    """The three letters (lower case) to file ``alternative`` under, or None: one that
+    browsers' user agents do not hold if there is one, made of letters and digits if
+    there is one (see :meth:`CrawlerIndex.search`)."""
     pieces = [
         run[k : k + 3].lower() for run in _required_runs(alternative) for k in range(len(run) - 2)
     ]
-    if not pieces:
-        return None
     rare = [piece for piece in pieces if piece not in _COMMON]
-    return (rare or pieces)[0]
+    for group in (rare, pieces):
+        words = [piece for piece in group if _WORD.fullmatch(piece)]
+        if words or group:
+            return (words or group)[0]
+    return None
+
+
+#: A run of ASCII letters and digits (of a lower-cased user agent) that can hold a piece.
+_WORD = re.compile(r"[a-z0-9]{3,}")
+# Distinct words remembered with the pieces they hold; words repeat across user agents
+# (browser names, platforms, common versions), so a new user agent is mostly lookups.
+_MAX_WORDS = 65_536
 
 
 class CrawlerIndex:
@@ -173,9 +187,14 @@ class CrawlerIndex:
                     self._unfiled.append(compiled)
                 else:
                     self._filed.setdefault(piece, []).append(compiled)
-        # One scan finds every piece a user agent holds: the pieces as a trie, so that at
-        # each position the regex engine follows one branch instead of trying them all.
-        self._pieces = re.compile(f"(?=({_trie(self._filed)}))")
+        words = [piece for piece in self._filed if _WORD.fullmatch(piece)]
+        # Pieces with other characters than letters and digits (a handful) are looked
+        # for one by one.
+        self._others = tuple(piece for piece in self._filed if not _WORD.fullmatch(piece))
+        # The pieces a word holds, found by one scan of the word: the pieces as a trie,
+        # so that at each position the regex engine follows one branch.
+        self._pieces = re.compile(f"(?=({_trie(words)}))")
+        self._words: dict[str, tuple[str, ...]] = {}
 
     @property
     def unfiled(self) -> int:
@@ -183,9 +202,26 @@ class CrawlerIndex:
         return len(self._unfiled)
 
     def search(self, user_agent: str) -> bool:
-        """Whether any pattern matches somewhere in ``user_agent``."""
+        """Whether any pattern matches somewhere in ``user_agent``.
+
+        A pattern is tried only if the user agent holds its piece. A piece of letters and
+        digits lies within one run of them, so the pieces of a user agent are those of
+        its words, each word scanned once per process and then looked up.
+        """
+        lower = user_agent.lower()
+        found: set[str] = set()
+        words, scan = self._words, self._pieces.findall
+        for word in _WORD.findall(lower):
+            held = words.get(word)
+            if held is None:
+                held = tuple(set(scan(word)))
+                if len(words) < _MAX_WORDS:
+                    words[word] = held
+            if held:
+                found.update(held)
+        found.update(piece for piece in self._others if piece in lower)
         filed = self._filed
-        for piece in self._pieces.findall(user_agent.lower()):
+        for piece in found:
             for compiled in filed[piece]:
                 if compiled.search(user_agent):
                     return True
@@ -224,8 +260,8 @@ def agent_kind(user_agent: str) -> str | None:
     if not user_agent.strip():
         return "bot"
     lower = user_agent.lower()
-    if any(token in lower for token in PROBE_AGENTS):
+    if _PROBES.search(lower):
         return "probe"
-    if any(token in lower for token in HEADLESS_AGENTS):
+    if _HEADLESS.search(lower):
         return "headless"
     return "bot" if crawler_index().search(user_agent) else None

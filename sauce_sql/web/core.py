@@ -105,20 +105,35 @@ class Visit:
     def respond(self, status: int, content_type: str) -> str | None:
         """At the response's start: decide whether it is a page view to count, and return
         the ``Set-Cookie`` header value that is due (a new or re-signed cookie), if any."""
+        return self.set_cookie() if self.decide(status, content_type) else None
+
+    def decide(self, status: int, content_type: str) -> bool:
+        """At the response's start: decide whether it is a page view to count; whether
+        the visitor is tracked (then a cookie may be due, see :meth:`cookie_due`)."""
         self.responded = True
         if self.skipped is not None:
-            return None
+            return False
         reason = Rules.not_a_view(self.method, self.headers, status, content_type)
         if reason is None and not self.config.count_views:
             reason = Skip.NOT_AUTOMATIC
         self.not_view = reason
         self.view_due = reason is None and not self.views  # track_visit() counted it already
-        if not self.tracked:
-            return None
-        return self.set_cookie()
+        return self.tracked
 
     def set_cookie(self) -> str | None:
         """The ``Set-Cookie`` value a tracked visitor is due, or None."""
+        due = self.cookie_due()
+        if due is None:
+            return None
+        value, max_age, secure = due
+        config = self.config
+        return _set_cookie_header(
+            config.cookie_name, value, max_age=max_age, secure=secure, domain=config.cookie_domain
+        )
+
+    def cookie_due(self) -> tuple[str, int, bool] | None:
+        """The cookie a tracked visitor is due, as (signed value, Max-Age in seconds,
+        Secure), for frameworks that set cookies their own way; or None."""
         config, cookie = self.config, self.cookie
         if cookie is not None and not cookie.stale_key:
             return None
@@ -132,10 +147,7 @@ class Visit:
                 self.headers.get("x-forwarded-proto", "").lower() == "https"
                 and config.address.from_proxy(self.peer)
             )
-        value = config.codec.sign(self.session_id, issued)
-        return _set_cookie_header(
-            config.cookie_name, value, max_age=max_age, secure=secure, domain=config.cookie_domain
-        )
+        return config.codec.sign(self.session_id, issued), max_age, secure
 
     def unviewed_reason(self, websocket: bool = False) -> Skip | None:
         """Why the finished request counted nothing, or None when it tracked something."""

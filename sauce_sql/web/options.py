@@ -16,7 +16,7 @@ from sauce_sql.web.clientip import ClientAddress
 from sauce_sql.web.cookie import MAX_LIFETIME, CookieCodec
 from sauce_sql.web.rules import Rules
 
-__all__ = ["DEFAULT_COOKIE_MAX_AGE", "WANTED_HEADERS", "WebConfig", "configure"]
+__all__ = ["DEFAULT_COOKIE_MAX_AGE", "ENVIRON_KEYS", "WANTED_HEADERS", "WebConfig", "configure"]
 
 #: The request headers the visit step reads (lower case); adapters pick only these.
 WANTED_HEADERS = frozenset(
@@ -31,6 +31,10 @@ WANTED_HEADERS = frozenset(
         "x-forwarded-for",
         "x-forwarded-proto",
     }
+)
+#: (header, its WSGI environ key) for each of :data:`WANTED_HEADERS`.
+ENVIRON_KEYS = tuple(
+    (name, "HTTP_" + name.upper().replace("-", "_")) for name in sorted(WANTED_HEADERS)
 )
 #: 13 months, the French regulator's limit for consent-exempt audience measurement.
 DEFAULT_COOKIE_MAX_AGE = 395 * 86_400

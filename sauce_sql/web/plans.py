@@ -22,7 +22,7 @@ from sauce_sql.models import AnalyticsSession, SequenceType
 from sauce_sql.web.core import Visit
 from sauce_sql.web.stats import WebStats
 
-__all__ = ["Guard", "Plan", "count", "finish", "run", "run_async"]
+__all__ = ["Guard", "Plan", "count", "counted", "finish", "run", "run_async"]
 
 T = TypeVar("T")
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -62,6 +62,19 @@ def count(visit: Visit, kind: SequenceType) -> Plan[int]:
         yield from _ensure(visit)
         value = yield ("inc_sequence", (visit.session_id, kind), {})
     visit.ensured = True
+    return value
+
+
+def counted(visit: Visit, kind: SequenceType, value: int | None) -> int:
+    """What a tracker's ``track_event()`` / ``track_visit()`` returns once its
+    :func:`count` plan has run (``value``, None if the store could not be used): the new
+    sequence, or 0; the visit's tally is kept for the middleware's counts."""
+    if value is None:
+        return 0
+    if kind is SequenceType.VIEW:
+        visit.views += 1
+    else:
+        visit.events += 1
     return value
 
 
