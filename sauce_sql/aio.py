@@ -198,11 +198,10 @@ class AsyncStore(StoreCore):
         (archived first, with keep_history).
         """
         values = self._creation(session_id, user_agent, client_ip, user_id)
-        archiving = self._archiving_create(session_id, values)
-        if archiving is None:
-            rows, _ = await self._started().write(self._statements().create, values)
-        else:
-            rows = await ops.arun(self._started(), archiving)
+        rows, _ = await self._started().write(self._creating(session_id), values)
+        recreating = None if rows else self._recreating(session_id, values)
+        if recreating is not None:
+            rows = await ops.arun(self._started(), recreating)
         return self._created(rows, values)
 
     async def lookup_session(self, session_id: str) -> AnalyticsSession | None:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Insert,
     Select,
     String,
+    Table,
     Update,
     any_,
     bindparam,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
 from sauce_sql import history_pg
 from sauce_sql.history_sql import (
@@ -94,7 +95,9 @@ class HistoryStatements:
     live_expiry: Select[Any] | None
     restore: Insert | None
     unarchive: Delete | None
-    # A new session under an id whose expired row is still live: that row archived first.
+    # A new session under a given id: first an insert that leaves any row of the id
+    # alone; only if there is one, the creation that archives an expired row first.
+    create_fresh: Insert
     create_archiving: Insert | None
     archive_session: Insert | None
     count_revival: Insert | None
@@ -132,6 +135,7 @@ class HistoryStatements:
         "live_expiry": ("sid",),
         "restore": _REVIVE,
         "unarchive": ("sid",),
+        "create_fresh": ("sid", "now", "expires", "ua", "ip", "uid"),
         "create_archiving": ("sid", "now", "expires", "ua", "ip", "uid"),
         "archive_session": ("sid", "now"),
         "count_revival": ("bucket",),
@@ -142,6 +146,24 @@ class HistoryStatements:
         "delete_live_session": ("sid",),
         "delete_history_session": ("sid",),
     }
+
+
+def _create_fresh(live: Table, dialect: str) -> Insert:
+    """A new session, unless any row (live or expired) holds the id: then no row."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    zero = literal_column("0", BigInteger())
+    values = insert(live).values(
+        session_id=_sid,
+        user_agent=bindparam("ua", type_=String()),
+        client_ip=bindparam("ip", type_=String()),
+        user_id=_uid,
+        view_sequence=zero,
+        event_sequence=zero,
+        created_at=_now,
+        last_modified=_now,
+        expires_at=_expires,
+    )
+    return values.on_conflict_do_nothing(index_elements=[live.c.session_id]).returning(*live.c)
 
 
 def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStatements:
@@ -187,6 +209,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             live_expiry=None,
             restore=None,
             unarchive=None,
+            create_fresh=_create_fresh(live, dialect),
             create_archiving=history_pg.create_archiving(live, history, ip_mode),
             archive_session=None,
             count_revival=count_revival(aggregates, dialect),
@@ -253,6 +276,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         revive_existing_if_expired=None,
         live_expiry=select(live.c.expires_at).where(live.c.session_id == _sid),
         restore=sqlite.insert(live).from_select(names, latest).returning(*live.c),
+        create_fresh=_create_fresh(live, dialect),
         create_archiving=None,
         archive_session=archive(
             history,

@@ -205,11 +205,10 @@ class Store(StoreCore):
         (archived first, with keep_history).
         """
         values = self._creation(session_id, user_agent, client_ip, user_id)
-        archiving = self._archiving_create(session_id, values)
-        if archiving is None:
-            rows, _ = self._started().write(self._statements().create, values)
-        else:
-            rows = ops.run(self._started(), archiving)
+        rows, _ = self._started().write(self._creating(session_id), values)
+        recreating = None if rows else self._recreating(session_id, values)
+        if recreating is not None:
+            rows = ops.run(self._started(), recreating)
         return self._created(rows, values)
 
     def lookup_session(self, session_id: str) -> AnalyticsSession | None:
