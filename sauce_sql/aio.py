@@ -274,14 +274,13 @@ class AsyncStore(StoreCore):
         executor = self._started()
         operation, done = self._cleanup_operation(moment, stop)
         try:
-            if stop is None:
-                # Called: it deletes every expired row, as promised.
-                deleted = await ops.arun(executor, operation)
-            else:
-                # The background cleaner: when another app server's cleaner is in the
-                # middle of a round, this one skips its own.
-                async with self._database.cleanup_round(self._config.table_name) as ours:
-                    deleted = await ops.arun(executor, operation) if ours else 0
+            # The background cleaner skips its round while another app server's (or
+            # process's) is under way; called, a cleanup deletes every expired row, as
+            # promised, on a SQLite file once such a round is over (or its timeout).
+            wait = None if stop is not None else self._config.timeout
+            table = self._config.table_name
+            async with self._database.cleanup_round(table, wait=wait) as ours:
+                deleted = await ops.arun(executor, operation) if ours else 0
         except BaseException:
             # The batches before the failing one did delete rows: count them.
             self._count_cleaned(done[0])

@@ -16,7 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql.backends import backend_for
 from sauce_sql.backends.base import Result
-from sauce_sql.ops import CHECKPOINT, Operation, Step
+from sauce_sql.engine import is_memory
+from sauce_sql.ops import CHECKPOINT, Operation, Pause, Step
 from sauce_sql.prepared import Prepared
 
 __all__ = [
@@ -41,6 +42,8 @@ MIN_BATCH_ROWS = 100
 MAX_BATCH_ROWS = 50_000
 #: Batches in a row that delete nothing before a cleanup gives up until next time.
 MAX_FRUITLESS = 3
+#: The longest pause between two batches (s; see Backend.batch_pause).
+MAX_PAUSE = 0.05
 _LONGEST_WAIT = 86_400.0
 
 
@@ -53,18 +56,33 @@ class CleanupStatements(Protocol):
 
 
 @contextmanager
-def cleanup_round(engine: Engine, table_name: str) -> Iterator[bool]:
+def cleanup_round(engine: Engine, table_name: str, *, wait: float | None = None) -> Iterator[bool]:
     """Whether this process runs a cleanup round of ``table_name`` now.
 
-    On PostgreSQL the round holds a transaction-scoped advisory lock on a connection
-    of its own, so when many app servers run the cleaner one runs a round and the
-    others skip it at the cost of one query. A transaction-scoped lock, unlike a
-    session one, works through a pooler in transaction mode (the round's transaction
+    ``wait=None``: the background cleaner's round, skipped while another is under way.
+    A number: a called cleanup, which cleans in any case (it promises to delete every
+    expired row), on SQLite once the round under way has ended or ``wait`` seconds
+    have passed.
+
+    On PostgreSQL the background round holds a transaction-scoped advisory lock on a
+    connection of its own, so when many app servers run the cleaner one runs a round
+    and the others skip it at the cost of one query. A transaction-scoped lock, unlike
+    a session one, works through a pooler in transaction mode (the round's transaction
     keeps its server connection). Where no transaction can be had (statement pooling)
-    every process cleans, which is safe, only wasted work. SQLite: always (the write
-    lock orders cleanups between processes).
+    every process cleans, which is safe, only wasted work. A SQLite file: its cleanup
+    lease (:mod:`sauce_sql.backends.sqlite.lease`), so that writers of other processes
+    wait behind one cleaner at most.
     """
     if not backend_for(engine.dialect.name).server:
+        if is_memory(engine.url) or engine.url.database is None:
+            yield True  # one process's own database
+            return
+        from sauce_sql.backends.sqlite.lease import cleanup_lease
+
+        with cleanup_lease(engine.url.database, wait=wait) as ours:
+            yield ours
+        return
+    if wait is not None:
         yield True
         return
     key = zlib.crc32(f"sauce_sql:cleanup:{table_name}".encode())
@@ -142,6 +160,8 @@ def delete_expired(
         fruitless = fruitless + 1 if done == 0 else 0
         if last or fruitless >= MAX_FRUITLESS or (stop is not None and stop.is_set()):
             return deleted
+        if backend.batch_pause:
+            yield Pause(min(elapsed * backend.batch_pause, MAX_PAUSE))
         # At most double per step, so one lucky fast batch cannot make the next one huge.
         fitting = int(max(done, 1) * backend.batch_seconds / max(elapsed, 1e-6))
         rows = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, 2 * rows, fitting))

@@ -10,8 +10,9 @@ lock, a PostgreSQL advisory lock) so that app servers starting together migrate 
 from __future__ import annotations
 
 import os
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, inspect, text
 
-from sauce_sql.errors import SchemaConflict
+from sauce_sql.errors import SchemaConflict, StoreUnavailable
 from sauce_sql.redact import shown
 from sauce_sql.schema import sessions_table
 
@@ -63,9 +64,27 @@ def make_config(table_name: str, connection: Connection | None = None) -> Config
     return config
 
 
+#: Says which step of the schema work begins (see make_current).
+Step = Callable[[str], None]
+
+
+def _no_step(_doing: str) -> None:
+    pass
+
+
 @contextmanager
-def migration_transaction(connection: Connection, table_name: str) -> Iterator[None]:
-    """One transaction holding the lock that keeps concurrent migrations apart."""
+def migration_transaction(
+    connection: Connection,
+    table_name: str,
+    *,
+    lock_wait: float | None = None,
+    step: Step = _no_step,
+) -> Iterator[None]:
+    """One transaction holding the lock that keeps concurrent migrations apart.
+
+    On PostgreSQL the lock is waited for without bound, or with ``lock_wait`` for at
+    most that many seconds (then StoreUnavailable says another session holds it).
+    """
     if connection.dialect.name == "sqlite":
         # pysqlite would not open a transaction for DDL by itself: take the write lock
         # up front so a second process waits instead of racing to CREATE TABLE.
@@ -83,8 +102,34 @@ def migration_transaction(connection: Connection, table_name: str) -> Iterator[N
         connection.execution_options(isolation_level="READ COMMITTED")
         with connection.begin():
             key = zlib.crc32(f"sauce_sql:{table_name}".encode())
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            if lock_wait is None:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            else:
+                _take_lock(connection, table_name, key, lock_wait, step)
             yield
+
+
+def _take_lock(connection: Connection, table_name: str, key: int, wait: float, step: Step) -> None:
+    """Take the migration lock, trying for ``wait`` seconds. Tried rather than waited
+    for: each try answers at once, so a session holding the lock is told apart from a
+    server that does not answer."""
+    deadline = time.monotonic() + wait
+    pause = 0.01
+    while True:
+        step(f"waiting for the migration lock of table {table_name!r}")
+        try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+        if connection.execute(try_lock, {"key": key}).scalar():
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StoreUnavailable(
+                f"another session has held the migration lock of table {table_name!r} for "
+                f"more than the store's timeout of {wait:g} s (a migration running in "
+                "another process, or stuck); start the store again once it ends, or migrate "
+                "ahead with `sauce-sql migrate`"
+            )
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.1)
 
 
 def _run(engine: Engine, table_name: str, action: Any, *args: Any) -> None:
@@ -174,18 +219,26 @@ def _check_columns(connection: Connection, table_name: str) -> None:
         )
 
 
-def make_current(connection: Connection, table_name: str) -> None:
+def make_current(
+    connection: Connection,
+    table_name: str,
+    *,
+    lock_wait: float | None = None,
+    step: Step = _no_step,
+) -> None:
     """Bring ``table_name`` to the latest revision on a caller's connection, which is
     left with no transaction open (so an asyncio store can ``run_sync`` it).
 
     As a store's start does: the revision is read first without a transaction, and
-    the migration runs only if it is behind.
+    the migration runs only if it is behind, under the migration lock (waited for at
+    most ``lock_wait`` seconds, if given). ``step`` is told as each step begins.
     """
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(make_config(table_name))
     head = script.get_current_head()
     known = {revision.revision for revision in script.walk_revisions()}
+    step(f"checking the schema of table {table_name!r}")
     if connection.dialect.name == "postgresql":
         connection.execution_options(isolation_level="AUTOCOMMIT")
     revision = _owned_revision(connection, table_name, known)
@@ -193,7 +246,8 @@ def make_current(connection: Connection, table_name: str) -> None:
         _check_columns(connection, table_name)
     connection.rollback()
     if revision != head:
-        with migration_transaction(connection, table_name):
+        with migration_transaction(connection, table_name, lock_wait=lock_wait, step=step):
+            step(f"migrating table {table_name!r}")
             command.upgrade(make_config(table_name, connection), "head")
 
 

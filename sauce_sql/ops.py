@@ -9,6 +9,8 @@ by the runner, out of the generator.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +18,16 @@ from typing import Any, TypeVar
 from sauce_sql.backends.base import AsyncExecutor, Executor, Result
 from sauce_sql.prepared import Prepared
 
-__all__ = ["CHECKPOINT", "Operation", "Step", "Transaction", "arun", "maybe_revive", "run"]
+__all__ = [
+    "CHECKPOINT",
+    "Operation",
+    "Pause",
+    "Step",
+    "Transaction",
+    "arun",
+    "maybe_revive",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -44,13 +55,29 @@ class Transaction:
     body: Callable[[Any], Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Not a statement: wait ``seconds`` with nothing held if other processes use the
+    database (a cleanup lets their writers in between its batches, see
+    cleanup.delete_expired)."""
+
+    seconds: float
+
+
 #: Not a statement: a hint that much was written (see Executor.checkpoint_soon).
 CHECKPOINT = Step(None, {})  # type: ignore[arg-type]
 
-Operation = Generator[Step | Transaction, Any, T]
+Operation = Generator[Step | Transaction | Pause, Any, T]
 """An operation: yields steps, is sent their results, returns its own."""
 
 _NOTHING: Result = ([], 0)
+
+
+def _others_present(executor: object) -> bool:
+    """Whether another process's writers share the executor's database and may wait
+    for it (SQLite files only: see sqlite/lease.py)."""
+    present = getattr(executor, "others_present", None)
+    return present is not None and bool(present())
 
 
 def run(executor: Executor, operation: Operation[T]) -> T:
@@ -61,6 +88,10 @@ def run(executor: Executor, operation: Operation[T]) -> T:
             result: Any
             if isinstance(step, Transaction):
                 result = executor.transaction(step.body)  # type: ignore[attr-defined]
+            elif isinstance(step, Pause):
+                if _others_present(executor):
+                    time.sleep(step.seconds)
+                result = _NOTHING
             elif step is CHECKPOINT:
                 executor.checkpoint_soon()
                 result = _NOTHING
@@ -82,6 +113,10 @@ async def arun(executor: AsyncExecutor, operation: Operation[T]) -> T:
             result: Any
             if isinstance(step, Transaction):
                 result = await executor.transaction(step.body)  # type: ignore[attr-defined]
+            elif isinstance(step, Pause):
+                if _others_present(executor):
+                    await asyncio.sleep(step.seconds)
+                result = _NOTHING
             elif step is CHECKPOINT:
                 executor.checkpoint_soon()
                 result = _NOTHING

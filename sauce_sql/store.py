@@ -175,9 +175,18 @@ class Store(StoreCore):
             metadata.create_all(self._engine)
         else:
             from sauce_sql import migrate
+            from sauce_sql.backends.postgresql.startup import StartDeadline
 
-            if not migrate.is_current(self._engine, self._config.table_name):
-                migrate.upgrade(self._engine, self._config.table_name)
+            timeout = self._config.timeout
+            # Each step (connect, schema check, migration lock, migration) within the
+            # timeout, as every call is; a no-op on SQLite, whose busy timeout bounds it.
+            with (
+                StartDeadline(self._engine, timeout=timeout, describe=self._describe) as bound,
+                self._engine.connect() as connection,
+            ):
+                migrate.make_current(
+                    connection, self._config.table_name, lock_wait=timeout, step=bound.step
+                )
 
     def _started(self) -> SyncExecutor:
         executor = self._executor
@@ -281,14 +290,12 @@ class Store(StoreCore):
         executor = self._started()
         operation, done = self._cleanup_operation(moment, stop)
         try:
-            if stop is None:
-                # Called: it deletes every expired row, as promised.
-                deleted = ops.run(executor, operation)
-            else:
-                # The background cleaner: when another app server's cleaner is in the
-                # middle of a round, this one skips its own.
-                with cleanup_round(self._engine, self._config.table_name) as ours:
-                    deleted = ops.run(executor, operation) if ours else 0
+            # The background cleaner skips its round while another app server's (or
+            # process's) is under way; called, a cleanup deletes every expired row, as
+            # promised, on a SQLite file once such a round is over (or its timeout).
+            wait = None if stop is not None else self._config.timeout
+            with cleanup_round(self._engine, self._config.table_name, wait=wait) as ours:
+                deleted = ops.run(executor, operation) if ours else 0
         except BaseException:
             # The batches before the failing one did delete rows: count them.
             self._count_cleaned(done[0])

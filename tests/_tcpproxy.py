@@ -1,5 +1,5 @@
-"""A TCP forwarder a test can cut and restore: a database that goes away and comes back
-without touching the server other tests share."""
+"""A TCP forwarder a test can cut and restore, or silence: a database that goes away and
+comes back, or stops answering, without touching the server other tests share."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ import threading
 
 class TcpProxy:
     """Forwards ``127.0.0.1:port`` to ``target``; ``cut()`` drops every connection and
-    refuses new ones, ``restore()`` listens again on the same port."""
+    refuses new ones, ``restore()`` listens again on the same port, ``silence_when()``
+    freezes it."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        # silence_when(): what ends forwarding, by direction ("client": sent to the
+        # server, "server": sent to the client), and whether it has.
+        self._triggers: dict[str, bytes] = {}
+        self.silent = threading.Event()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port: int = probe.getsockname()[1]
@@ -46,13 +51,26 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, side in ((client, upstream, "client"), (upstream, client, "server")):
+                threading.Thread(target=self._pump, args=(a, b, side), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def silence_when(self, *, client_sends: bytes = b"", server_sends: bytes = b"") -> None:
+        """Stop forwarding, in both directions and for good, once a client sends bytes
+        holding ``client_sends`` (not passed on) or the server sends ``server_sends``
+        (passed on): a server that goes silent, its connections left open and every
+        byte sent to it taken and dropped, as a frozen server's kernel does."""
+        self._triggers = {"client": client_sends, "server": server_sends}
+
+    def _pump(self, source: socket.socket, sink: socket.socket, side: str) -> None:
         try:
             while data := source.recv(65536):
+                if self.silent.is_set():
+                    continue
+                trigger = self._triggers.get(side)
+                if trigger and trigger in data:
+                    self.silent.set()
+                    if side == "client":
+                        continue
                 sink.sendall(data)
         except OSError:
             pass

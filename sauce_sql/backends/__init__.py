@@ -38,10 +38,18 @@ class Backend:
     #: Whether a cleanup finds its batch's end first (SQLite: one range of the index
     #: then) rather than deleting ``LIMIT``-ed batches.
     bounded_batches: bool
+    #: How long a cleanup leaves the write lock free after each batch, as a share of
+    #: the batch's time. SQLite's busy handler has a writer of another process sleep
+    #: and try again (every 100 ms once it has waited a while), so batches that follow
+    #: one another closely keep it out for a whole round; free half the time, it gets
+    #: in within a try or two. PostgreSQL's writers do not wait for a batch.
+    batch_pause: float = 0.0
 
 
 BACKENDS = {
-    "sqlite": Backend("sqlite", batch_seconds=0.008, server=False, bounded_batches=True),
+    "sqlite": Backend(
+        "sqlite", batch_seconds=0.008, server=False, bounded_batches=True, batch_pause=1.0
+    ),
     "postgresql": Backend("postgresql", batch_seconds=0.02, server=True, bounded_batches=False),
 }
 

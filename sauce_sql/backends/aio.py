@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql.backends import backend_for
 from sauce_sql.backends.base import AsyncExecutor
+from sauce_sql.backends.postgresql.startup import StartDeadline
 from sauce_sql.config import StoreConfig
 from sauce_sql.engine import create_store_engine, is_memory, prepare_threshold
 from sauce_sql.errors import InvalidInput, unavailable
@@ -26,8 +27,9 @@ from sauce_sql.errors import InvalidInput, unavailable
 __all__ = ["AsyncDatabase"]
 
 
-def _schema_on(connection: Connection, table_name: str, memory: bool) -> None:
-    """Make ``table_name`` current on ``connection`` (a synchronous one)."""
+def _schema_on(connection: Connection, table_name: str, memory: bool, bound: StartDeadline) -> None:
+    """Make ``table_name`` current on ``connection`` (a synchronous one), each step
+    within ``bound``'s timeout."""
     if memory:
         from sauce_sql.schema import store_tables
 
@@ -38,7 +40,7 @@ def _schema_on(connection: Connection, table_name: str, memory: bool) -> None:
         return
     from sauce_sql import migrate
 
-    migrate.make_current(connection, table_name)
+    migrate.make_current(connection, table_name, lock_wait=bound.timeout, step=bound.step)
 
 
 class AsyncDatabase:
@@ -110,9 +112,16 @@ class AsyncDatabase:
             await asyncio.to_thread(self.own.dispose)
 
     @contextlib.asynccontextmanager
-    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
-        """Whether this process runs a cleanup round now (see cleanup.cleanup_round)."""
+    async def cleanup_round(
+        self, table_name: str, *, wait: float | None = None
+    ) -> AsyncIterator[bool]:
+        """Whether this process runs a cleanup round now (see cleanup.cleanup_round:
+        ``wait=None`` is the background cleaner's round, a number a called cleanup's)."""
         yield True
+
+    def _deadline(self, engine: Engine, describe: str) -> StartDeadline:
+        """Each step of the schema work within the store's timeout (on a server)."""
+        return StartDeadline(engine, timeout=self.config.timeout, describe=describe)
 
     def _schema_error(self, describe: str, exc: BaseException) -> Exception:
         return unavailable(f"database {describe} is unavailable", exc)
@@ -124,8 +133,11 @@ class AsyncDatabase:
         assert engine is not None
 
         def run() -> None:
-            with engine.connect() as connection:
-                _schema_on(connection, self.config.table_name, memory)
+            with (
+                self._deadline(engine, describe) as bound,
+                engine.connect() as connection,
+            ):
+                _schema_on(connection, self.config.table_name, memory, bound)
 
         try:
             await asyncio.to_thread(run)
@@ -135,6 +147,22 @@ class AsyncDatabase:
 
 class SQLiteDatabase(AsyncDatabase):
     """A SQLite file or in-memory database; the store's own synchronous engine."""
+
+    @contextlib.asynccontextmanager
+    async def cleanup_round(
+        self, table_name: str, *, wait: float | None = None
+    ) -> AsyncIterator[bool]:
+        """The file's cleanup lease, as the synchronous store's rounds hold (see
+        cleanup.cleanup_round), waited for on the loop."""
+        from sauce_sql.backends.sqlite.lease import acleanup_lease
+
+        engine = self.own
+        assert engine is not None
+        if is_memory(engine.url) or engine.url.database is None:
+            yield True
+            return
+        async with acleanup_lease(engine.url.database, wait=wait) as ours:
+            yield ours
 
     async def open(self, describe: str) -> AsyncExecutor:
         from sauce_sql.backends.sqlite import sharing
@@ -180,8 +208,11 @@ class ServerDatabase(AsyncDatabase):
 
         table_name = self.config.table_name
         try:
-            async with self.engine.connect() as connection:
-                await connection.run_sync(_schema_on, table_name, False)
+            # The deadline sees the connections its context opens, in the greenlet of
+            # SQLAlchemy's asyncio adapter too.
+            with self._deadline(self.engine.sync_engine, describe) as bound:
+                async with self.engine.connect() as connection:
+                    await connection.run_sync(_schema_on, table_name, False, bound)
         except (SQLAlchemyError, CommandError, OSError) as exc:
             raise self._schema_error(describe, exc) from exc
 
@@ -223,9 +254,15 @@ class ServerDatabase(AsyncDatabase):
         )
 
     @contextlib.asynccontextmanager
-    async def cleanup_round(self, table_name: str) -> AsyncIterator[bool]:
+    async def cleanup_round(
+        self, table_name: str, *, wait: float | None = None
+    ) -> AsyncIterator[bool]:
         """A transaction-scoped advisory lock on a connection of its own, as the
-        synchronous store's cleaner holds (see cleanup.cleanup_round)."""
+        synchronous store's cleaner holds (see cleanup.cleanup_round); none for a
+        called cleanup (``wait`` given), which cleans in any case."""
+        if wait is not None:
+            yield True
+            return
         from sauce_sql.backends.postgresql.aio import AsyncpgDriver, Driver
 
         driver = AsyncpgDriver() if self._asyncpg else Driver()

@@ -77,6 +77,10 @@ class AsyncSQLiteExecutor:
         """The SQLAlchemy dialect of the database."""
         return self._sync.dialect
 
+    def others_present(self) -> bool:
+        """Whether a store of another process uses the file (see lease.py)."""
+        return self._sync.others_present()
+
     @property
     def sync(self) -> SQLiteExecutor:
         """The synchronous executor underneath (the one the process's stores share)."""

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from sauce_sql.backends.base import ConnectionLost, Forks, Held, HeldConnections, Raw, Result
-from sauce_sql.backends.sqlite import forks
+from sauce_sql.backends.sqlite import forks, lease
 from sauce_sql.backends.sqlite.checkpoints import (
     BACKSTOP_FRAMES,
     CHECKPOINT_EVERY,
@@ -106,6 +106,16 @@ class SQLiteExecutor(HeldConnections):
     def memory(self) -> bool:
         """Whether this is an in-memory database (one connection, no log)."""
         return self._memory
+
+    @property
+    def database(self) -> str | None:
+        """The database file's path (None in memory)."""
+        return None if self._memory else self.engine.url.database
+
+    def others_present(self) -> bool:
+        """Whether a store of another process uses the file (see lease.py)."""
+        database = self.database
+        return database is not None and lease.others_present(database)
 
     @property
     def group_commit(self) -> GroupCommitter:

@@ -16,6 +16,7 @@ import threading
 
 from sqlalchemy import Engine
 
+from sauce_sql.backends.sqlite import lease
 from sauce_sql.backends.sqlite.executor import SQLiteExecutor
 from sauce_sql.engine import is_memory
 
@@ -39,18 +40,25 @@ def acquire(engine: Engine, *, shareable: bool, durability: str, describe: str) 
     """The executor for a store on ``engine``: the file's shared one when ``shareable``."""
     key = _file_key(engine, durability) if shareable else None
     if key is None:
-        return SQLiteExecutor(engine, durability=durability, describe=describe)
-    with _lock:
-        executor = _shared.get(key)
-        if executor is None:
-            executor = SQLiteExecutor(engine, durability=durability, describe=describe)
-            _shared[key], _keys[executor], _users[executor] = executor, key, 0
-        _users[executor] += 1
-        return executor
+        executor = SQLiteExecutor(engine, durability=durability, describe=describe)
+    else:
+        with _lock:
+            found = _shared.get(key)
+            if found is None:
+                found = SQLiteExecutor(engine, durability=durability, describe=describe)
+                _shared[key], _keys[found], _users[found] = found, key, 0
+            _users[found] += 1
+            executor = found
+    if executor.database is not None:
+        # Each store says it is there, for other processes' cleanups (see lease.py).
+        lease.enter(executor.database)
+    return executor
 
 
 def release(executor: SQLiteExecutor) -> None:
     """A store is done with ``executor``; the last user of a shared one closes it."""
+    if executor.database is not None:
+        lease.leave(executor.database)
     with _lock:
         users = _users.get(executor)
         if users is not None:
