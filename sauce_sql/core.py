@@ -99,6 +99,23 @@ class StoreCore:
         sid = uuid.uuid4().hex if session_id is None else validation.session_id(session_id)
         return self._write_values(sid, user_agent, client_ip, user_id)
 
+    def _creating(self, session_id: str | None) -> Prepared:
+        """The creation's first statement. With keep_history and a given id, an insert
+        that leaves any row of the id alone (see :meth:`_recreating`); a random id,
+        which no row has, or no history: the creation that replaces an expired row."""
+        if session_id is not None and self._config.keep_history and self._history is not None:
+            return self._history.create_fresh
+        return self._statements().create
+
+    def _recreating(
+        self, session_id: str | None, values: dict[str, Any]
+    ) -> ops.Operation[list[Any]] | None:
+        """After a first insert that found a row under the given id: the creation that
+        archives that row first if it is expired (None without history)."""
+        if session_id is None or not self._config.keep_history or self._history is None:
+            return None
+        return history.recreate(self._history, self._statements().create, values)
+
     def _created(self, rows: Sequence[Any], values: dict[str, Any]) -> AnalyticsSession:
         if not rows:
             raise SessionExists(values["sid"])

@@ -9,33 +9,38 @@
 a salt of its own) and ``SECRET_KEY_FALLBACKS`` verify it, unless ``OPTIONS`` names
 ``secret_key`` / ``fallback_keys``.
 
-Django serves the middleware sync under WSGI and async under ASGI. Sync, it keeps the
-sessions on a :class:`sauce_sql.Store`; async, on an :class:`sauce_sql.AsyncStore`, so
-that no call holds the event loop (a ``STORE`` given must be the matching kind). Views
-find the visitor in ``request.sauce``: ``session_id``, ``skipped``,
+Django serves the middleware sync under WSGI and async under ASGI; either way the
+sessions are kept on a :class:`sauce_sql.Store`, one per process for each ``URL`` and
+``STORE_OPTIONS`` (so the test clients of a test suite share it), whose calls run in
+Django's own threads (the one closing the response, a sync view's), never on the
+event loop. Views find the visitor in ``request.sauce``: ``session_id``, ``skipped``,
 ``identify(user_id)``, and ``track_event()`` / ``track_visit()`` with their async twins
-``atrack_event()`` / ``atrack_visit()``, usable from sync and async views in either mode.
-Views are counted when Django closes the response, once it has been sent.
+``atrack_event()`` / ``atrack_visit()``, usable from sync and async views and from
+threads they start. Views are counted when Django closes the response, once it has
+been sent. List the middleware first in ``MIDDLEWARE``: a middleware outside it that
+replaces the response (``ConditionalGetMiddleware``'s 304) would keep its cookie and
+drop its count.
 
-A ``SAUCE_SQL`` of the wrong shape (a key unknown, no ``URL``, a store of the other
-mode) is ``ImproperlyConfigured``; a bad value in it is what the store or the WSGI
+A ``SAUCE_SQL`` of the wrong shape (a key unknown, no ``URL``, a store that is no
+``Store``) is ``ImproperlyConfigured``; a bad value in it is what the store or the WSGI
 middleware would raise for it (``InvalidInput``, ``TypeError``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
+import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
+from django.utils.cache import patch_vary_headers
 
-from sauce_sql.aio import AsyncStore
 from sauce_sql.models import SequenceType
 from sauce_sql.store import Store
 from sauce_sql.web import plans
@@ -46,9 +51,17 @@ from sauce_sql.web.stats import WebState, WebStats
 
 __all__ = ["SauceMiddleware", "Tracker"]
 
-# How long a closing response's thread waits for its count (the store's own calls are
-# bounded by its timeout; this only keeps a wedged loop from holding the thread).
-_FINISH_WAIT = 60.0
+logger = logging.getLogger("sauce_sql.web")
+# Counts running at once after responses. Under ASGI each closing response has a
+# thread of its own; while a database hangs (before its first failure trips the
+# back-off, at the store's timeout) they would pile up by the hundred: once this many
+# run and the oldest has for a quarter of a second (no store that answers takes that
+# long to count a view), counts are dropped (``get_state().dropped``)
+# rather than another thread held.
+_MAX_IN_FLIGHT = 32
+_STALLED_AFTER = 0.25
+_STORES: dict[tuple[str, str], Store] = {}
+_STORES_LOCK = threading.Lock()
 _SETTINGS = frozenset({"URL", "STORE", "STORE_OPTIONS", "OPTIONS"})
 _DEFAULTS: dict[str, Any] = {
     "fallback_keys": (),
@@ -131,11 +144,15 @@ class SauceMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        self.store, options = _configured(self.is_async)
+        self.store, options = _configured()
         retry_after = options["retry_after"]
         self.config = configure(**options)
         self._stats = WebStats()
         self._guard = plans.Guard(self._stats, retry_after)
+        self._in_flight: dict[object, float] = {}  # counts running, when each began
+        self._flight_lock = threading.Lock()
+        self._overloaded = False
+        _check_order()
         SauceMiddleware.latest = self
 
     def get_state(self) -> WebState:
@@ -150,18 +167,13 @@ class SauceMiddleware:
             return self.get_response(request)
         response: HttpResponseBase = self.get_response(request)
         self._respond(visit, response)
-        _on_close(response, lambda: self._finish(visit))
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         visit = self._begin(request)
-        if visit.skipped is not None:
-            skipped: HttpResponseBase = await self.get_response(request)
-            return skipped
         response: HttpResponseBase = await self.get_response(request)
-        self._respond(visit, response)
-        loop = asyncio.get_running_loop()
-        _on_close(response, lambda: self._finish_on(loop, visit))
+        if visit.skipped is None:
+            self._respond(visit, response)
         return response
 
     def _begin(self, request: HttpRequest) -> Visit:
@@ -181,64 +193,99 @@ class SauceMiddleware:
         return visit
 
     def _respond(self, visit: Visit, response: HttpResponseBase) -> None:
+        # Django's own closing runs the count, in the thread that closes the response
+        # once it has been sent (under ASGI, one of the request's own, awaited).
+        _on_close(response, _Closer(self, visit))
         if not visit.decide(response.status_code, response.get("Content-Type", "")):
             return
         due = visit.cookie_due()
-        if due is not None:
-            value, max_age, secure = due
-            response.set_cookie(
-                self.config.cookie_name,
-                value,
-                max_age=max_age,
-                path="/",
-                domain=self.config.cookie_domain,
-                secure=secure,
-                httponly=True,
-                samesite="Lax",
-            )
-
-    def _finish(self, visit: Visit) -> None:
-        if visit.finish_due:
-            self.run(plans.finish(visit))
-        self._tally(visit)
-
-    def _finish_on(self, loop: asyncio.AbstractEventLoop, visit: Visit) -> None:
-        # Django's ASGI handler closes the response from a thread of the request's own
-        # (its ThreadSensitiveContext) and awaits that: the count runs on the loop the
-        # store lives on while the thread waits, so the request ends once it is stored
-        # (a server's graceful shutdown waits for it) and other requests go on.
-        if not visit.finish_due:
-            self._tally(visit)
+        name = self.config.cookie_name
+        if due is None or name in response.cookies:  # the app's own cookie of that name wins
             return
-        future = asyncio.run_coroutine_threadsafe(self._afinish(visit), loop)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not loop:  # never wait on the loop's own thread
-            concurrent.futures.wait([future], timeout=_FINISH_WAIT)
+        value, max_age, secure = due
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path="/",
+            domain=self.config.cookie_domain,
+            secure=secure,
+            httponly=True,
+            samesite="Lax",
+        )
+        # As Django's session middleware does: a cache must not hand this response,
+        # and its cookie, to a visitor with other cookies.
+        patch_vary_headers(response, ("Cookie",))
 
-    async def _afinish(self, visit: Visit) -> None:
-        await self.arun(plans.finish(visit))
-        self._tally(visit)
-
-    def _tally(self, visit: Visit) -> None:
+    def finish(self, visit: Visit) -> None:
+        """Store what the visit left to store, once its response has been sent."""
+        if visit.finish_due:
+            if self._stalled():
+                self._drop()
+            else:
+                token = object()
+                with self._flight_lock:
+                    self._in_flight[token] = time.monotonic()
+                try:
+                    self.run(plans.finish(visit))
+                finally:
+                    with self._flight_lock:
+                        del self._in_flight[token]
         self._stats.add(views=visit.views, events=visit.events)
         reason = visit.unviewed_reason()
         if reason is not None:
             self._stats.skip(reason)
 
+    def _stalled(self) -> bool:
+        # Many counts running, the oldest for long: the store hangs (its calls fail only
+        # at its timeout). However many run at once on a store that answers, none is old.
+        with self._flight_lock:
+            if len(self._in_flight) < _MAX_IN_FLIGHT:
+                return False
+            oldest = min(self._in_flight.values())
+        return time.monotonic() - oldest > _STALLED_AFTER
+
+    def _drop(self) -> None:
+        self._guard.drop()
+        first, self._overloaded = not self._overloaded, True
+        if first:
+            logger.warning(
+                "sauce_sql: %d or more counts are waiting for the analytics store, one for "
+                "over %.2f s; later ones are dropped while it is this slow "
+                "(get_state().dropped)",
+                _MAX_IN_FLIGHT,
+                _STALLED_AFTER,
+            )
+
     def run(self, plan: plans.Plan[Any]) -> Any:
-        """Drive a store plan from sync code (a sync view, or the response's close)."""
-        if not self.is_async:
-            return plans.run(self._guard, self.store, plan)
-        return async_to_sync(self.arun)(plan)
+        """Drive a store plan (from a sync view, a thread, or the response's close)."""
+        return plans.run(self._guard, self.store, plan)
 
     async def arun(self, plan: plans.Plan[Any]) -> Any:
-        """Drive a store plan from async code."""
-        if self.is_async:
-            return await plans.run_async(self._guard, self.store, plan)
+        """Drive a store plan from async code, in a worker thread."""
         return await sync_to_async(self.run, thread_sensitive=False)(plan)
+
+
+class _Closer:
+    """The count of one visit, run when Django closes its response. Pickled (the
+    per-site cache pickles responses) it is nothing: a cached copy counts nothing of
+    the visit that made it; each request served from the cache has its own."""
+
+    __slots__ = ("_middleware", "_visit")
+
+    def __init__(self, middleware: SauceMiddleware, visit: Visit) -> None:
+        self._middleware = middleware
+        self._visit = visit
+
+    def __call__(self) -> None:
+        self._middleware.finish(self._visit)
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return (_nothing, ())
+
+
+def _nothing() -> None:
+    """What a pickled :class:`_Closer` becomes."""
 
 
 def _on_close(response: HttpResponseBase, callback: Callable[[], None]) -> None:
@@ -248,7 +295,7 @@ def _on_close(response: HttpResponseBase, callback: Callable[[], None]) -> None:
     response._resource_closers.append(callback)  # noqa: SLF001
 
 
-def _configured(is_async: bool) -> tuple[Any, dict[str, Any]]:
+def _configured() -> tuple[Store, dict[str, Any]]:
     """The store and the middleware options ``settings.SAUCE_SQL`` asks for."""
     conf = getattr(settings, "SAUCE_SQL", None)
     if not isinstance(conf, dict):
@@ -260,21 +307,25 @@ def _configured(is_async: bool) -> tuple[Any, dict[str, Any]]:
         raise ImproperlyConfigured(
             f"settings.SAUCE_SQL has unknown keys {unknown}; it takes {sorted(_SETTINGS)}"
         )
-    kind: type[Store] | type[AsyncStore] = AsyncStore if is_async else Store
+    for key in ("STORE_OPTIONS", "OPTIONS"):
+        if not isinstance(conf.get(key, {}), dict):
+            raise ImproperlyConfigured(f'settings.SAUCE_SQL["{key}"] must be a dict')
     store = conf.get("STORE")
-    if store is None:
+    if store is not None:
+        if "URL" in conf or "STORE_OPTIONS" in conf:
+            raise ImproperlyConfigured(
+                'settings.SAUCE_SQL takes "URL" (and "STORE_OPTIONS") or "STORE", not both'
+            )
+        if not isinstance(store, Store):
+            raise ImproperlyConfigured(
+                'settings.SAUCE_SQL["STORE"] must be a sauce_sql.Store (Django runs it in '
+                f"its threads, never on the event loop), not {type(store).__name__}"
+            )
+    else:
         url = conf.get("URL")
         if not isinstance(url, str):
             raise ImproperlyConfigured('settings.SAUCE_SQL needs "URL" (a database URL) or "STORE"')
-        store = kind(url, **conf.get("STORE_OPTIONS", {}))
-        if isinstance(store, Store):
-            atexit.register(store.close)
-    elif not isinstance(store, kind):
-        mode = "async (ASGI)" if is_async else "sync (WSGI)"
-        raise ImproperlyConfigured(
-            f'settings.SAUCE_SQL["STORE"] must be a sauce_sql.{kind.__name__}: Django '
-            f"runs this middleware {mode}"
-        )
+        store = _shared_store(url, conf.get("STORE_OPTIONS", {}))
     options = dict(_DEFAULTS)
     given = conf.get("OPTIONS", {})
     unknown = sorted(set(given) - set(_DEFAULTS) - {"secret_key"})
@@ -283,7 +334,43 @@ def _configured(is_async: bool) -> tuple[Any, dict[str, Any]]:
     options.update(given)
     options.setdefault("secret_key", getattr(settings, "SECRET_KEY", None))
     if "fallback_keys" not in given:
-        options["fallback_keys"] = tuple(getattr(settings, "SECRET_KEY_FALLBACKS", ()) or ())
+        fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ()) or ()
+        if isinstance(fallbacks, (str, bytes)):
+            raise ImproperlyConfigured("settings.SECRET_KEY_FALLBACKS must be a list of keys")
+        options["fallback_keys"] = tuple(fallbacks)
     if not options["secret_key"]:
         raise ImproperlyConfigured("sauce_sql.django.SauceMiddleware needs settings.SECRET_KEY")
     return store, options
+
+
+#: Middlewares that replace the response they are given: outside this one, the response
+#: it counted on is dropped unclosed while its cookie goes out with the new one.
+_REPLACING = ("django.middleware.http.ConditionalGetMiddleware",)
+
+
+def _check_order() -> None:
+    """Warn when a middleware that replaces responses runs outside this one."""
+    names = list(getattr(settings, "MIDDLEWARE", None) or ())
+    ours = "sauce_sql.django.SauceMiddleware"
+    if ours not in names:
+        return
+    outer = [name for name in names[: names.index(ours)] if name in _REPLACING]
+    if outer:
+        logger.warning(
+            "sauce_sql: list %s before %s in MIDDLEWARE: a 304 it makes of a counted page "
+            "would keep the visitor's cookie and lose the count",
+            ours,
+            ", ".join(outer),
+        )
+
+
+def _shared_store(url: str, store_options: dict[str, Any]) -> Store:
+    """The process's store for ``url`` and ``store_options``, made on first use (every
+    middleware Django builds, a test client's included, shares it); closed at exit."""
+    key = (url, repr(sorted(store_options.items())))
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = Store(url, **store_options)
+            atexit.register(store.close)
+        return store

@@ -37,6 +37,7 @@ __all__ = [
     "archive_and_retire",
     "archive_expired",
     "bucket_start",
+    "recreate",
     "forget",
     "retire_history",
     "revive",
@@ -45,6 +46,10 @@ __all__ = [
 
 class HistoryPrepared:
     """The history statements of one table compiled for the store's dialect."""
+
+    #: The one the store runs itself (on every dialect); the others go through
+    #: the operations below.
+    create_fresh: Prepared
 
     def __init__(self, dialect: Dialect, table_name: str, ip_mode: str) -> None:
         built = build_history(table_name, dialect.name, ip_mode)
@@ -233,6 +238,29 @@ def revive(
 
     revived: list[Sequence[Any]] = yield Transaction(body)
     return revived
+
+
+def recreate(
+    statements: HistoryPrepared, create: Any, values: Mapping[str, Any]
+) -> Operation[list[Sequence[Any]]]:
+    """A new session under ``values["sid"]``, whose id a row holds (the store's first
+    insert, ``create_fresh``, found one): an expired row is archived and replaced in
+    one transaction (it would otherwise be overwritten and its session lost), a live
+    one left alone and no row returned. ``create`` is the store's own statement, which
+    replaces an expired row and leaves a live one alone."""
+    if statements.postgresql:
+        rows, _ = yield Step(_statement(statements, "create_archiving"), values, write=True)
+        return list(rows)
+
+    def body(run: Run) -> list[Sequence[Any]]:
+        # Both take the row only if it is expired: a live one is neither copied nor
+        # replaced (and no row comes back).
+        run(_statement(statements, "archive_session"), values)
+        rows, _ = run(create, values)
+        return list(rows)
+
+    created: list[Sequence[Any]] = yield Transaction(body)
+    return created
 
 
 def _expired(stored: Any, now: datetime) -> bool:

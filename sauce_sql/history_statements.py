@@ -25,20 +25,16 @@ from sqlalchemy import (
     String,
     Table,
     Update,
-    and_,
     any_,
     bindparam,
     delete,
-    exists,
     func,
     literal_column,
-    or_,
     select,
-    true,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sauce_sql import history_pg
 from sauce_sql.history_sql import (
     archive,
     bound,
@@ -99,6 +95,11 @@ class HistoryStatements:
     live_expiry: Select[Any] | None
     restore: Insert | None
     unarchive: Delete | None
+    # A new session under a given id: first an insert that leaves any row of the id
+    # alone; only if there is one, the creation that archives an expired row first.
+    create_fresh: Insert
+    create_archiving: Insert | None
+    archive_session: Insert | None
     count_revival: Insert | None
     # Erasure.
     forget_user: Select[Any] | None
@@ -134,6 +135,9 @@ class HistoryStatements:
         "live_expiry": ("sid",),
         "restore": _REVIVE,
         "unarchive": ("sid",),
+        "create_fresh": ("sid", "now", "expires", "ua", "ip", "uid"),
+        "create_archiving": ("sid", "now", "expires", "ua", "ip", "uid"),
+        "archive_session": ("sid", "now"),
         "count_revival": ("bucket",),
         "forget_user": ("uid",),
         "forget_session": ("sid",),
@@ -144,116 +148,22 @@ class HistoryStatements:
     }
 
 
-def _pg_revive(
-    live: Table, history: Table, aggregates: Table, *, only_if_expired: bool
-) -> Select[Any]:
-    """Revival in one PostgreSQL statement: the live or expired row if there is one,
-    else the id's latest archived session (taken out of history), else a new one."""
-    old = select(live.c.expires_at).where(live.c.session_id == _sid).cte("old")
-    latest = (
-        select(history)
-        .where(history.c.session_id == _sid, ~exists(select(old.c.expires_at)))
-        .order_by(history.c.expires_at.desc())
-        .limit(literal_column("1"))
-        .cte("latest")
+def _create_fresh(live: Table, dialect: str) -> Insert:
+    """A new session, unless any row (live or expired) holds the id: then no row."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    zero = literal_column("0", BigInteger())
+    values = insert(live).values(
+        session_id=_sid,
+        user_agent=bindparam("ua", type_=String()),
+        client_ip=bindparam("ip", type_=String()),
+        user_id=_uid,
+        view_sequence=zero,
+        event_sequence=zero,
+        created_at=_now,
+        last_modified=_now,
+        expires_at=_expires,
     )
-    one = select(literal_column("1").label("one")).subquery("one")
-    values = select(
-        _sid,
-        bindparam("ua", type_=String()),
-        bindparam("ip", type_=String()),
-        func.coalesce(_uid, latest.c.user_id),
-        func.coalesce(latest.c.view_sequence, literal_column("0", BigInteger())),
-        func.coalesce(latest.c.event_sequence, literal_column("0", BigInteger())),
-        func.coalesce(latest.c.created_at, _now),
-        _now,
-        _expires,
-    ).select_from(one.outerjoin(latest, true()))
-    insert = postgresql.insert(live).from_select([c.name for c in live.c], values)
-    excluded = insert.excluded
-    inserted: ColumnElement[Any] = literal_column("(xmax = 0)").label("inserted")
-    up = (
-        insert.on_conflict_do_update(
-            index_elements=[live.c.session_id],
-            set_={
-                "user_agent": excluded.user_agent,
-                "client_ip": excluded.client_ip,
-                "user_id": func.coalesce(_uid, live.c.user_id),
-                "last_modified": excluded.last_modified,
-                "expires_at": excluded.expires_at,
-            },
-            where=(live.c.expires_at <= _now) if only_if_expired else None,
-        )
-        .returning(*live.c, inserted)
-        .cte("up")
-    )
-    unarchived = (
-        delete(history)
-        .where(
-            up.c.inserted,
-            history.c.session_id == latest.c.session_id,
-            history.c.expires_at == latest.c.expires_at,
-        )
-        .returning(literal_column("1"))
-        .cte("unarchived")
-    )
-    revived = or_(
-        and_(up.c.inserted, exists(select(latest.c.session_id))),
-        and_(~up.c.inserted, exists(select(old.c.expires_at).where(old.c.expires_at <= _now))),
-    )
-    bucket = bindparam("bucket", type_=UTCDateTime())
-    counted = count_revival(
-        aggregates, "postgresql", select(bucket, literal_column("1")).where(revived)
-    ).cte("counted")
-    return select(*(up.c[c.name] for c in live.c)).add_cte(unarchived, counted)
-
-
-def _pg_revive_existing(live: Table, *, only_if_expired: bool) -> Update:
-    """The common revival, of an id whose row is there (live, or expired and not yet
-    archived): one plain UPDATE, far cheaper to plan than :func:`_pg_revive`, which
-    also says whether the row was expired (a subquery in RETURNING sees the row as it
-    was before the statement), so that the revival is counted. No row: nothing
-    returned, and the full revival runs next."""
-    before = select(live.c.expires_at).where(live.c.session_id == _sid).scalar_subquery()
-    conditions = [live.c.session_id == _sid]
-    if only_if_expired:
-        conditions.append(live.c.expires_at <= _now)
-    return (
-        update(live)
-        .where(*conditions)
-        .values(
-            user_agent=bindparam("ua", type_=String()),
-            client_ip=bindparam("ip", type_=String()),
-            user_id=func.coalesce(_uid, live.c.user_id),
-            last_modified=_now,
-            expires_at=_expires,
-        )
-        .returning(*live.c, (before <= _now).label("was_expired"))
-    )
-
-
-def _pg_forget(live: Table, history: Table, condition: str) -> Select[Any]:
-    """Delete a user's or an id's rows from both tables in one statement; their count."""
-    param = _uid if condition == "user_id" else _sid
-    ones: list[ColumnElement[Any]] = [literal_column("1")]
-    gone_live = delete(live).where(live.c[condition] == param).returning(*ones).cte("gone_live")
-    gone_history = (
-        delete(history).where(history.c[condition] == param).returning(*ones).cte("gone_history")
-    )
-    counts = (
-        select(func.count()).select_from(gone_live).scalar_subquery()
-        + select(func.count()).select_from(gone_history).scalar_subquery()
-    )
-    return select(counts)
-
-
-def _pg_retire(history: Table, aggregates: Table, condition: ColumnElement[bool]) -> Select[Any]:
-    """Fold history rows into aggregates and delete them, in one statement; their count."""
-    gone = delete(history).where(condition).returning(*history.c).cte("gone")
-    folding = fold_into(
-        aggregates, "postgresql", select(*folded(gone, "postgresql")).group_by(literal_column("1"))
-    ).cte("folded")
-    return select(func.count()).select_from(gone).add_cte(folding)
+    return values.on_conflict_do_nothing(index_elements=[live.c.session_id]).returning(*live.c)
 
 
 def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStatements:
@@ -286,22 +196,25 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             uncopy_upto=None,
             uncopy_rest=None,
             retention_bound=retention_bound,
-            retire_upto=_pg_retire(history, aggregates, row_upto(history, dialect)),
-            retire_rest=_pg_retire(history, aggregates, history.c.expires_at <= _cutoff),
+            retire_upto=history_pg.retire(history, aggregates, row_upto(history, dialect)),
+            retire_rest=history_pg.retire(history, aggregates, history.c.expires_at <= _cutoff),
             fold_upto=None,
             fold_rest=None,
             drop_upto=None,
             drop_rest=None,
-            revive=_pg_revive(live, history, aggregates, only_if_expired=False),
-            revive_if_expired=_pg_revive(live, history, aggregates, only_if_expired=True),
-            revive_existing=_pg_revive_existing(live, only_if_expired=False),
-            revive_existing_if_expired=_pg_revive_existing(live, only_if_expired=True),
+            revive=history_pg.revive(live, history, aggregates, only_if_expired=False),
+            revive_if_expired=history_pg.revive(live, history, aggregates, only_if_expired=True),
+            revive_existing=history_pg.revive_existing(live, only_if_expired=False),
+            revive_existing_if_expired=history_pg.revive_existing(live, only_if_expired=True),
             live_expiry=None,
             restore=None,
             unarchive=None,
+            create_fresh=_create_fresh(live, dialect),
+            create_archiving=history_pg.create_archiving(live, history, ip_mode),
+            archive_session=None,
             count_revival=count_revival(aggregates, dialect),
-            forget_user=_pg_forget(live, history, "user_id"),
-            forget_session=_pg_forget(live, history, "session_id"),
+            forget_user=history_pg.forget(live, history, "user_id"),
+            forget_session=history_pg.forget(live, history, "session_id"),
             delete_live_user=None,
             delete_history_user=None,
             delete_live_session=None,
@@ -363,6 +276,16 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         revive_existing_if_expired=None,
         live_expiry=select(live.c.expires_at).where(live.c.session_id == _sid),
         restore=sqlite.insert(live).from_select(names, latest).returning(*live.c),
+        create_fresh=_create_fresh(live, dialect),
+        create_archiving=None,
+        archive_session=archive(
+            history,
+            dialect,
+            names,
+            select(*copy_columns(live, live, dialect, ip_mode)).where(
+                live.c.session_id == _sid, expired
+            ),
+        ),
         unarchive=delete(history).where(
             history.c.session_id == _sid, history.c.expires_at == newest.scalar_subquery()
         ),

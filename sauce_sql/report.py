@@ -10,14 +10,28 @@ whole number of quarter hours, so each bucket falls within one local day, and da
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, Table, case, func, inspect, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    case,
+    cast,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import validation
@@ -27,6 +41,7 @@ from sauce_sql.errors import InvalidInput, StoreUnavailable, unavailable
 from sauce_sql.history_sql import bucket_of
 from sauce_sql.redact import shown
 from sauce_sql.schema import (
+    BUCKET_SECONDS,
     aggregates_table,
     history_table,
     sessions_table,
@@ -89,10 +104,15 @@ class Report:
     sessions_per_day: dict[str, int]
     #: Sessions started before the first of those days: with the days, every session.
     sessions_before_those_days: int
+    #: The figures below are those of the sessions started in the days asked for (the
+    #: period, as in most analytics tools). Means and shares count every such session;
+    #: medians, maxima, browsers and user agents count those still held row by row,
+    #: which is all of them unless the period reaches back past ``history_max_age``.
     views_per_session: Distribution
     events_per_session: Distribution
     identified_share: float
     bounce_share: float
+    #: Revivals ever counted (not only in the period).
     revived_sessions: int
     browsers: list[dict[str, Any]]
     top_user_agents: list[dict[str, Any]] = field(default_factory=list)
@@ -128,48 +148,77 @@ def _local_day(moment: Any, tz: ZoneInfo) -> date:
     return moment.astimezone(tz).date()  # type: ignore[no-any-return]
 
 
-def _buckets(connection: Connection, table: Table, dialect: str, since: datetime) -> Any:
-    bucket = bucket_of(table.c.created_at, dialect)
-    return connection.execute(
+def _bucket_columns(table: Table, dialect: str) -> list[ColumnElement[Any]]:
+    """What a 15-minute UTC bucket of ``created_at`` is grouped by: on SQLite the hour's
+    text and the quarter (cheaper to group by than one formatted string); on PostgreSQL
+    the bucket's start."""
+    if dialect == "sqlite":
+        minute = cast(func.substr(table.c.created_at, 15, 2), BigInteger())
+        return [func.substr(table.c.created_at, 1, 13), minute // 15]
+    return [bucket_of(table.c.created_at, dialect)]
+
+
+def _bucket_moment(key: Sequence[Any]) -> Any:
+    """The start of a bucket from the values :func:`_bucket_columns` grouped by."""
+    if len(key) == 2:  # SQLite's hour text and quarter
+        hour = datetime.fromisoformat(f"{key[0]}:00+00:00")
+        return hour + timedelta(seconds=BUCKET_SECONDS * int(key[1]))
+    return key[0]
+
+
+def _since(table: Table, moment: datetime, archived: bool) -> ColumnElement[bool]:
+    """Rows that started at or after ``moment``. A session expires after it starts, so
+    for history the same bound on ``expires_at`` holds too, and makes the condition a
+    range of history's key rather than a scan of every row ever archived. (Not for the
+    live table: it is small, and its ``expires_at`` index would cost a lookup a row.)"""
+    started = table.c.created_at >= moment
+    return and_(table.c.expires_at >= moment, started) if archived else started
+
+
+def _buckets(
+    connection: Connection, table: Table, dialect: str, since: datetime, archived: bool
+) -> Any:
+    keys = _bucket_columns(table, dialect)
+    figures = connection.execute(
         select(
-            bucket,
+            *keys,
             func.count(),
             func.sum(table.c.view_sequence),
             func.sum(table.c.event_sequence),
             func.count(case((table.c.view_sequence <= 1, 1))),
             func.count(table.c.user_id),
         )
-        .where(table.c.created_at >= since)
-        .group_by(literal_column("1"))
+        .where(_since(table, since, archived))
+        .group_by(*keys)
     )
+    for row in figures:
+        yield _bucket_moment(row[: len(keys)]), row[len(keys) :]
 
 
-def _totals(connection: Connection, table: Table) -> tuple[int, int, int, int, int]:
-    """Sessions, views, events, bounces and identified over a whole table."""
-    row = connection.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(table.c.view_sequence), 0),
-            func.coalesce(func.sum(table.c.event_sequence), 0),
-            func.count(case((table.c.view_sequence <= 1, 1))),
-            func.count(table.c.user_id),
-        )
-    ).one()
-    return tuple(int(value) for value in row)  # type: ignore[return-value]
-
-
-def _histogram(connection: Connection, tables: list[Table], column: str) -> Counter[int]:
-    counts: Counter[int] = Counter()
-    for table in tables:
-        counter = table.c[column]
-        for value, n in connection.execute(select(counter, func.count()).group_by(counter)):
-            counts[int(value)] += int(n)
-    return counts
+def _period_rows(
+    connection: Connection, table: Table, start: datetime, end: datetime, archived: bool
+) -> tuple[Counter[int], Counter[int], Counter[str]]:
+    """Views and events histograms and user-agent counts of the rows of ``table`` that
+    started in [start, end)."""
+    period = and_(_since(table, start, archived), table.c.created_at < end)
+    views: Counter[int] = Counter()
+    events: Counter[int] = Counter()
+    agents: Counter[str] = Counter()
+    counters = (table.c.view_sequence, table.c.event_sequence)
+    for view, event, n in connection.execute(
+        select(*counters, func.count()).where(period).group_by(*counters)
+    ):
+        views[int(view)] += int(n)
+        events[int(event)] += int(n)
+    agent = table.c.user_agent
+    for value, n in connection.execute(select(agent, func.count()).where(period).group_by(agent)):
+        agents[value] += int(n)
+    return views, events, agents
 
 
 def _distribution(counts: Counter[int], total: int, summed: int) -> Distribution:
     """The mean over every session (``summed / total``), and the median and maximum
-    over the sessions still held row by row (``counts``)."""
+    over the sessions held row by row (``counts``)."""
     held = sum(counts.values())
     if not total:
         return Distribution(0.0, 0.0, 0)
@@ -185,6 +234,17 @@ def _distribution(counts: Counter[int], total: int, summed: int) -> Distribution
     return Distribution(round(summed / total, 2), median, max(counts, default=0))
 
 
+#: Browser families per distinct user agent, not per row: a report sees few distinct
+#: agents, and the same ones again and again.
+_family = functools.lru_cache(maxsize=4096)(browser_family)
+
+
+def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The first moment of ``day`` in ``tz``, in UTC (where midnight falls in a DST gap,
+    the moment of the change)."""
+    return datetime.combine(day, time(), tz).astimezone(timezone.utc)
+
+
 def build_report(
     engine: Engine,
     table_name: str,
@@ -194,7 +254,12 @@ def build_report(
     tz: str = "UTC",
 ) -> Report:
     """Read the figures of ``table_name`` as of ``now`` (an aware datetime), for the
-    ``days`` calendar days of zone ``tz`` that end with today's."""
+    ``days`` calendar days of zone ``tz`` that end with today's.
+
+    What it reads is bounded by those days and the previous period, not by all that
+    was ever recorded: per-bucket figures of the rows that started since the previous
+    period began, the aggregates of those buckets, and a count of every row.
+    """
     now = validation.aware_utc(now, "now")
     table_name = validation.table_name(table_name)
     if isinstance(days, bool) or not isinstance(days, int):
@@ -214,7 +279,12 @@ def build_report(
     earliest = first - timedelta(days=shift)
     # A day early in UTC: whatever the zone, no bucket of the earliest day is before it.
     since = datetime.combine(earliest - timedelta(days=1), time(), timezone.utc)
+    start, end = _local_midnight(first, local), _local_midnight(today + timedelta(days=1), local)
     by_day: dict[date, list[int]] = {}
+    views: Counter[int] = Counter()
+    events: Counter[int] = Counter()
+    agents: Counter[str] = Counter()
+    total = revived = 0
     try:
         with snapshot(engine) as connection:
             present = set(inspect(connection).get_table_names())
@@ -222,16 +292,15 @@ def build_report(
                 raise StoreUnavailable(
                     f"table {table_name!r} does not exist: run `sauce-sql migrate` first"
                 )
-            tables = [live] + ([history] if history.name in present else [])
-            for table in tables:
-                for bucket, *figures in _buckets(connection, table, dialect, since):
+            tables = [(live, False)] + ([(history, True)] if history.name in present else [])
+            for table, archived in tables:
+                for bucket, figures in _buckets(connection, table, dialect, since, archived):
                     sums = by_day.setdefault(_local_day(bucket, local), [0] * 6)
                     for i, value in enumerate(figures):
                         sums[i] += int(value or 0)
-            totals = [0] * 6
-            for table in tables:
-                for i, value in enumerate(_totals(connection, table)):
-                    totals[i] += value
+                more = _period_rows(connection, table, start, end, archived)
+                views, events, agents = views + more[0], events + more[1], agents + more[2]
+                total += int(connection.scalar(select(func.count()).select_from(table)) or 0)
             if aggregates.name in present:
                 counters = [aggregates.c[name] for name in _FIGURES]
                 for bucket, *figures in connection.execute(
@@ -243,21 +312,16 @@ def build_report(
                     for i, value in enumerate(figures):
                         sums[i] += int(value)
                 summed = connection.execute(
-                    select(*(func.coalesce(func.sum(c), 0) for c in counters))
+                    select(
+                        func.coalesce(func.sum(aggregates.c.sessions), 0),
+                        func.coalesce(func.sum(aggregates.c.revived), 0),
+                    )
                 ).one()
-                for i, value in enumerate(summed):
-                    totals[i] += int(value)
+                total += int(summed[0])
+                revived = int(summed[1])
             live_count = connection.scalar(
                 select(func.count()).select_from(live).where(live.c.expires_at > now)
             )
-            views = _histogram(connection, tables, "view_sequence")
-            events = _histogram(connection, tables, "event_sequence")
-            agents: Counter[str] = Counter()
-            for table in tables:
-                for agent, n in connection.execute(
-                    select(table.c.user_agent, func.count()).group_by(table.c.user_agent)
-                ):
-                    agents[agent] += int(n)
     except SQLAlchemyError as exc:
         raise unavailable("cannot read the report", exc) from exc
 
@@ -274,11 +338,12 @@ def build_report(
                 previous_sessions=by_day.get(before, [0] * 6)[0],
             )
         )
-    total, views_sum, events_sum, bounces, identified, revived = totals
+    in_days = sum(d.sessions for d in shown_days)
+    period = [sum(getattr(d, name) for d in shown_days) for name in _FIGURES[1:5]]
+    views_sum, events_sum, bounces, identified = period
     families: Counter[str] = Counter()
     for agent, n in agents.items():
-        families[browser_family(agent)] += n
-    in_days = sum(d.sessions for d in shown_days)
+        families[_family(agent)] += n
     later = sum(sums[0] for day, sums in by_day.items() if day > today)
     return Report(
         table_name=table_name,
@@ -289,10 +354,10 @@ def build_report(
         days=shown_days,
         sessions_per_day={d.day: d.sessions for d in shown_days},
         sessions_before_those_days=max(total - in_days - later, 0),
-        views_per_session=_distribution(views, total, views_sum),
-        events_per_session=_distribution(events, total, events_sum),
-        identified_share=round(identified / total, 4) if total else 0.0,
-        bounce_share=round(bounces / total, 4) if total else 0.0,
+        views_per_session=_distribution(views, in_days, views_sum),
+        events_per_session=_distribution(events, in_days, events_sum),
+        identified_share=round(identified / in_days, 4) if in_days else 0.0,
+        bounce_share=round(bounces / in_days, 4) if in_days else 0.0,
         revived_sessions=revived,
         browsers=[
             {"family": family, "sessions": n}

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
+from sauce_sql.report_text import period_change
+
 if TYPE_CHECKING:
     from sauce_sql.report import Report
 
@@ -47,10 +49,18 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
 
 
-def _scale(peak: float) -> float:
-    """A round top for the y axis, at or above ``peak``."""
+def _scale(peak: float, *, whole: bool = False) -> float:
+    """A round top for the y axis, at or above ``peak``; with ``whole`` (counts) one
+    whose four grid steps are whole numbers, so no tick reads 0.25 sessions."""
     if peak <= 0:
-        return 1.0
+        return 4.0 if whole else 1.0
+    if whole:
+        power = 1
+        while True:
+            for factor in (1, 2, 5):
+                if 4 * factor * power >= peak:
+                    return float(4 * factor * power)
+            power *= 10
     step = 10 ** (len(str(int(peak))) - 1)
     for nice in (1, 2, 2.5, 5, 10):
         if nice * step >= peak:
@@ -89,13 +99,19 @@ def _svg(title: str, parts: list[str]) -> str:
     )
 
 
-def _points(values: Sequence[float], top: float) -> list[tuple[float, float]]:
+def _points(values: Sequence[float | None], top: float) -> list[list[tuple[float, float]]]:
+    """The runs of points of ``values``; a None (a day with nothing to divide by) has
+    no point, and ends a run, so the line leaves a gap rather than drop to 0."""
     inner_h = HEIGHT - TOP - BOTTOM
     step = (WIDTH - LEFT - RIGHT) / max(len(values), 1)
-    return [
-        (LEFT + step * (i + 0.5), TOP + inner_h * (1 - value / top))
-        for i, value in enumerate(values)
-    ]
+    runs: list[list[tuple[float, float]]] = [[]]
+    for i, value in enumerate(values):
+        if value is None:
+            if runs[-1]:
+                runs.append([])
+            continue
+        runs[-1].append((LEFT + step * (i + 0.5), TOP + inner_h * (1 - value / top)))
+    return [run for run in runs if run]
 
 
 def _bars(
@@ -104,7 +120,7 @@ def _bars(
     values: Sequence[float],
     overlay: Sequence[float] | None = None,
 ) -> str:
-    top = _scale(max([*values, *(overlay or [])], default=0))
+    top = _scale(max([*values, *(overlay or [])], default=0), whole=True)
     parts = _frame(labels, top, percent=False)
     inner_h = HEIGHT - TOP - BOTTOM
     step = (WIDTH - LEFT - RIGHT) / max(len(values), 1)
@@ -121,22 +137,30 @@ def _bars(
     return _svg(title, parts)
 
 
-def _polyline(points: list[tuple[float, float]], colour: str, *, dashed: bool = False) -> str:
+def _polyline(runs: list[list[tuple[float, float]]], colour: str, *, dashed: bool = False) -> str:
     dash = ' stroke-dasharray="5 4"' if dashed else ""
-    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    dots = "".join(
-        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.2" fill="{colour}"/>' for x, y in points
-    )
-    return f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>' + (
-        "" if dashed else dots
-    )
+    parts = []
+    for points in runs:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+        parts.append(
+            f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+        )
+        if not dashed:
+            parts += [
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.2" fill="{colour}"/>' for x, y in points
+            ]
+    return "".join(parts)
 
 
 def _lines(
-    title: str, labels: Sequence[str], series: list[tuple[Sequence[float], str]], percent: bool
+    title: str,
+    labels: Sequence[str],
+    series: list[tuple[Sequence[float | None], str]],
+    percent: bool,
 ) -> str:
-    peak = max((v for values, _ in series for v in values), default=0)
-    top = 1.0 if percent else _scale(peak)
+    peak = max((v for values, _ in series for v in values if v is not None), default=0)
+    # Whole-number ticks once the values reach 1: "1.88 views" is no place to read off.
+    top = 1.0 if percent else _scale(peak, whole=peak >= 1)
     parts = _frame(labels, top, percent)
     for values, colour in series:
         parts.append(_polyline(_points(values, top), colour))
@@ -162,8 +186,13 @@ def _legend(*keys: tuple[str, str]) -> str:
     return f'<div class="legend">{items}</div>'
 
 
-def _share(part: int, whole: int) -> float:
-    return part / whole if whole else 0.0
+def _share(part: int, whole: int) -> float | None:
+    """``part / whole``; None for a day without sessions, which has no share."""
+    return part / whole if whole else None
+
+
+def _percent(share: float | None) -> str:
+    return "" if share is None else f"{share:.1%}"
 
 
 def render_html(report: Report) -> str:
@@ -172,21 +201,17 @@ def render_html(report: Report) -> str:
     labels = [d.day[5:] for d in days]
     sessions = [d.sessions for d in days]
     previous = [d.previous_sessions for d in days]
-    per_session = [round(d.views / d.sessions, 2) if d.sessions else 0.0 for d in days]
+    per_session = [round(d.views / d.sessions, 2) if d.sessions else None for d in days]
     bounce = [_share(d.bounces, d.sessions) for d in days]
     known = [_share(d.identified, d.sessions) for d in days]
     now_total, before_total = sum(sessions), sum(previous)
-    change = (
-        f"{(now_total - before_total) / before_total * 100:+.0f}% on the previous period"
-        if before_total
-        else "no sessions in the previous period"
-    )
+    change = period_change(now_total, before_total)
     cards = [
         (f"{report.live_sessions:,}", "live sessions now"),
         (f"{now_total:,}", f"sessions in {len(days)} days"),
         (f"{report.total_sessions:,}", "sessions ever recorded"),
-        (f"{report.bounce_share * 100:.1f}%", "bounces (at most 1 view)"),
-        (f"{report.identified_share * 100:.1f}%", "identified (user set)"),
+        (f"{report.bounce_share * 100:.1f}%", f"bounces (at most 1 view), {len(days)} days"),
+        (f"{report.identified_share * 100:.1f}%", f"identified (user set), {len(days)} days"),
         (f"{report.revived_sessions:,}", "revived sessions ever"),
     ]
     browsers = report.browsers[:8]
@@ -225,7 +250,7 @@ def render_html(report: Report) -> str:
             + _table(
                 ["day", "views", "sessions", "views per session"],
                 [
-                    (d.day, d.views, d.sessions, f"{v:.2f}")
+                    (d.day, d.views, d.sessions, "" if v is None else f"{v:.2f}")
                     for d, v in zip(days, per_session, strict=True)
                 ],
             ),
@@ -242,7 +267,7 @@ def render_html(report: Report) -> str:
             + _table(
                 ["day", "sessions", "bounces", "bounce share", "identified", "identified share"],
                 [
-                    (d.day, d.sessions, d.bounces, f"{b:.1%}", d.identified, f"{k:.1%}")
+                    (d.day, d.sessions, d.bounces, _percent(b), d.identified, _percent(k))
                     for d, b, k in zip(days, bounce, known, strict=True)
                 ],
             ),
@@ -253,7 +278,7 @@ def render_html(report: Report) -> str:
             + _table(["day", "revived"], [(d.day, d.revived) for d in days]),
         ),
         (
-            "Browsers",
+            f"Browsers, {len(days)} days",
             browser_svg
             + _table(
                 ["browser", "sessions", "share"],

@@ -8,11 +8,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sauce_sql.report import Distribution, Report
 
-__all__ = ["format_text", "sparkline"]
+__all__ = ["MIN_PREVIOUS", "format_text", "period_change", "sparkline"]
 
 _BARS = "▁▂▃▄▅▆▇█"
 _LABEL = 24  # the label column of a sparkline row
 _VALUE = 12  # the value column after it
+#: Sessions the previous period needs before a change is given as a percentage: on
+#: 3 sessions a "+3367%" says nothing that "3 then" does not say better.
+MIN_PREVIOUS = 30
+
+
+def period_change(now: int, before: int) -> str:
+    """This period's sessions against the previous period's, in words."""
+    if not before:
+        return "no sessions in the previous period"
+    if before < MIN_PREVIOUS:
+        return f"{before} session{'s' if before != 1 else ''} in the previous period"
+    return f"{(now - before) / before * 100:+.0f}% on the previous period"
 
 
 def sparkline(values: Sequence[float], width: int) -> str:
@@ -55,19 +67,17 @@ def format_text(report: Report, width: int = 80) -> str:
     known = [d.identified / d.sessions if d.sessions else 0.0 for d in days]
     revived = [d.revived for d in days]
     previous = sum(d.previous_sessions for d in days)
-    change = (
-        f"{(sum(sessions) - previous) / previous * 100:+.0f}% on the previous period"
-        if previous
-        else "no sessions in the previous period"
-    )
+    change = period_change(sum(sessions), previous)
     lines = [
         f"Sessions in table {report.table_name!r} at {report.generated_at}",
         "",
         f"  {'live sessions':<{_LABEL}}{report.live_sessions:>8}",
         f"  {'sessions ever recorded':<{_LABEL}}{report.total_sessions:>8}",
+        f"  {'revived sessions ever':<{_LABEL}}{report.revived_sessions:>8}",
+        "",
+        f"  Sessions of the last {len(days)} days",
         f"  {'identified (user set)':<{_LABEL}}{_share(report.identified_share):>8}",
         f"  {'bounces (<= 1 view)':<{_LABEL}}{_share(report.bounce_share):>8}",
-        f"  {'revived sessions':<{_LABEL}}{report.revived_sessions:>8}",
         f"  {'views per session':<{_LABEL}}{_dist(report.views_per_session)}",
         f"  {'events per session':<{_LABEL}}{_dist(report.events_per_session)}",
         "",
@@ -87,7 +97,7 @@ def format_text(report: Report, width: int = 80) -> str:
     for d in days:
         lines.append(f"    {d.day}  {d.sessions:>7}  {'#' * round(bar * d.sessions / peak)}")
     lines.append(f"    {'earlier':<10}  {report.sessions_before_those_days:>7}")
-    lines += ["", "  Browsers"]
+    lines += ["", f"  Browsers, last {len(days)} days"]
     if not report.browsers:
         lines.append("    (none)")
     for entry in report.browsers:

@@ -210,10 +210,14 @@ class Store(StoreCore):
     ) -> AnalyticsSession:
         """Create a live session with both counters at 0 (a random id if none is given).
 
-        Raises SessionExists if a live session has the id; an expired one is replaced.
+        Raises SessionExists if a live session has the id; an expired one is replaced
+        (archived first, with keep_history).
         """
         values = self._creation(session_id, user_agent, client_ip, user_id)
-        rows, _ = self._started().write(self._statements().create, values)
+        rows, _ = self._started().write(self._creating(session_id), values)
+        recreating = None if rows else self._recreating(session_id, values)
+        if recreating is not None:
+            rows = ops.run(self._started(), recreating)
         return self._created(rows, values)
 
     def lookup_session(self, session_id: str) -> AnalyticsSession | None:

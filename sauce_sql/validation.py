@@ -53,7 +53,8 @@ def _identifier(value: object, what: str) -> str:
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     if not 0 < len(value) <= ID_MAX_LENGTH:
         raise InvalidInput(f"{what} must be 1 to {ID_MAX_LENGTH} characters long, got {len(value)}")
-    if _FORBIDDEN_IN_ID.search(value):
+    # Printable ASCII (nearly every id) holds neither, and is told in one C call.
+    if not (value.isascii() and value.isprintable()) and _FORBIDDEN_IN_ID.search(value):
         raise InvalidInput(f"{what} {shown(value)} holds a control character or a lone surrogate")
     return value
 

@@ -60,6 +60,31 @@ async def apage(request: HttpRequest) -> HttpResponse:
     return _page(request)
 
 
+def thread_event(request: HttpRequest) -> HttpResponse:
+    """An event counted from a thread the view starts."""
+    import threading
+
+    got: list[int] = []
+    worker = threading.Thread(target=lambda: got.append(request.sauce.track_event()))
+    worker.start()
+    worker.join(30)
+    return JsonResponse({"event": got[0] if got else None})
+
+
+def stream(request: HttpRequest) -> HttpResponse:
+    """A streamed HTML page."""
+    from django.http import StreamingHttpResponse
+
+    return StreamingHttpResponse(iter([b"<html><body>", b"streamed</body></html>"]))
+
+
+def own_cookie(request: HttpRequest) -> HttpResponse:
+    """A page that sets a cookie of the middleware's name itself."""
+    response = _page(request)
+    response.set_cookie("sauce", "the app's own")
+    return response
+
+
 def login(request: HttpRequest) -> HttpResponse:
     request.sauce.identify(request.GET.get("user") or None)
     return _page(request)
@@ -83,6 +108,9 @@ urlpatterns = [
     path("apage", apage),
     path("visit", visit),
     path("login", login),
+    path("thread-event", thread_event),
+    path("own-cookie", own_cookie),
+    path("stream", stream),
     path("assets/app.css", css),
     path("health", health),
 ]

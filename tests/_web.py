@@ -225,15 +225,12 @@ class Site:
 
             from sauce_sql.django import SauceMiddleware
 
+            # Django's ASGI handler, driven on a loop; the store is a Store all the same.
             self.loop = LoopThread()
-            self.store = sauce_sql.AsyncStore(url, **store_options)
-            try:
-                if start:
-                    self.loop.run(self.store.start())
-                self.app = handler(adapter, self.store, **options)
-            except BaseException:
-                self.close()
-                raise
+            self.store = Store(url, **store_options)
+            if start:
+                self.store.start()
+            self.app = handler(adapter, self.store, **options)
             self.middleware = SauceMiddleware.latest
         else:
             async_store = async_store_class()
@@ -288,10 +285,11 @@ class Site:
 
     def close(self) -> None:
         """Close the store (and the loop). Idempotent."""
-        if self.loop is None:
+        if self.loop is None or self.adapter == "django-asgi":
             self.store.close()
         elif not self.loop.loop.is_closed():
             self.loop.run(self.store.close())
+        if self.loop is not None and not self.loop.loop.is_closed():
             self.loop.close()
 
 

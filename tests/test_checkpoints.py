@@ -9,7 +9,7 @@ import pytest
 
 from sauce_sql import Store
 from sauce_sql.backends.sqlite import checkpoints
-from sauce_sql.backends.sqlite import executor as sqlite_executor
+from sauce_sql.backends.sqlite import connections as sqlite_connections
 from sauce_sql.backends.sqlite.executor import SQLiteExecutor
 
 FRAME = 4096 + 24  # a page and its frame header
@@ -26,7 +26,7 @@ def test_the_log_stays_bounded_under_a_busy_writer(
     thread pauses the process's writers for the last pass once the log is long."""
     monkeypatch.setattr(checkpoints, "RESTART_FRAMES", 512)
     # So that only the checkpoint thread can keep the log short.
-    monkeypatch.setattr(sqlite_executor, "BACKSTOP_FRAMES", 1_000_000)
+    monkeypatch.setattr(sqlite_connections, "BACKSTOP_FRAMES", 1_000_000)
     path = tmp_path / "busy.db"
     store = Store(f"sqlite:///{path}", clean_interval=None).start()
     try:

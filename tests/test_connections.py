@@ -24,7 +24,8 @@ from conftest import FakeClock, StoreFactory, drop_tables
 
 from sauce_sql import Store, StoreUnavailable
 from sauce_sql.backends.base import Result
-from sauce_sql.backends.sqlite.executor import MAX_IDLE, SQLiteExecutor
+from sauce_sql.backends.sqlite.connections import MAX_IDLE
+from sauce_sql.backends.sqlite.executor import SQLiteExecutor
 from sauce_sql.prepared import Prepared, utc_passthrough
 
 WAIT = 10.0  # seconds; only reached when something is broken

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import Backend, FakeClock, StoreFactory
 
-from sauce_sql import InvalidInput, ReviveSession, Store, cleanup
+from sauce_sql import InvalidInput, ReviveSession, SessionExists, Store, cleanup
 
 DAY = 24 * 3600.0
 
@@ -343,3 +343,40 @@ def test_history_tables_belong_to_their_table(
                 connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{other_name}{suffix}"')
             connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{other_name}"')
         engine.dispose()
+
+
+def test_a_new_session_over_an_expired_row_archives_that_row(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """new_session under the id of an expired row that no cleanup has archived yet
+    replaces it only after moving it to history: the old session is kept, once, with
+    its counters; a live id is still refused and copies nothing."""
+    store = make_store(session_max_age=60)
+    store.new_session("reused", user_agent="ua-old", user_id="u1")
+    store.inc_sequence("reused", "view")
+    store.inc_sequence("reused", "view")
+    clock.advance(120)
+    fresh = store.new_session("reused", user_agent="ua-new")
+    assert (fresh.view_sequence, fresh.user_agent, fresh.user_id) == (0, "ua-new", None)
+    columns = ("session_id", "user_agent", "user_id", "view_sequence")
+    assert rows(store, "_history", *columns) == [("reused", "ua-old", "u1", 2)]
+    assert rows(store, "", *columns) == [("reused", "ua-new", None, 0)]
+    with pytest.raises(SessionExists):
+        store.new_session("reused")
+    assert len(rows(store, "_history", "session_id")) == 1
+    clock.advance(120)
+    assert store.cleanup() == 1  # the new session, archived beside the old one
+    assert rows(store, "_history", "user_agent") == [("ua-new",), ("ua-old",)]
+    assert store.forget_session("reused") == 2
+
+
+def test_without_keep_history_a_new_session_replaces_an_expired_row(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """keep_history=False: the expired row is replaced and nothing archived, as before."""
+    store = make_store(session_max_age=60, keep_history=False)
+    store.new_session("reused")
+    clock.advance(120)
+    store.new_session("reused")
+    assert rows(store, "_history", "session_id") == []
+    assert rows(store, "", "session_id") == [("reused",)]

@@ -155,3 +155,34 @@ def test_bad_report_arguments_are_refused(store: Store, clock: FakeClock) -> Non
         build_report(store.engine, table, clock.now, tz="Nowhere/Else")
     with pytest.raises(InvalidInput):
         build_report(store.engine, table, clock.now, days=0)
+
+
+def test_distributions_shares_and_browsers_are_the_periods(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """Views per session, the shares and the browsers describe the sessions of the days
+    asked for, whether live or archived; sessions of long before count only in the
+    totals."""
+    store = make_store(session_max_age=60)
+    for n in range(3):
+        store.new_session(f"old{n}", user_agent="curl/8.5.0", user_id="u")
+        for _ in range(9):
+            store.inc_sequence(f"old{n}", "view")
+    clock.advance(60 * DAY)
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
+    store.new_session("new0", user_agent=firefox)
+    store.inc_sequence("new0", "view")
+    store.new_session("new1", user_agent=firefox)
+    for _ in range(3):
+        store.inc_sequence("new1", "view")
+    clock.advance(120)
+    store.cleanup()  # every session archived
+    report = build_report(store.engine, store.get_state().table_name, clock.now, days=7)
+    assert report.total_sessions == 5
+    assert report.sessions_before_those_days == 3
+    assert report.browsers == [{"family": "Firefox", "sessions": 2}]
+    assert report.views_per_session.mean == 2.0
+    assert report.views_per_session.median == 2.0
+    assert report.views_per_session.max == 3
+    assert report.bounce_share == 0.5
+    assert report.identified_share == 0.0

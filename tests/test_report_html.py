@@ -163,3 +163,65 @@ def test_the_page_renders_in_headless_chromium(
     blank = sum(1 for row in rows if len(set(row)) == 1)
     assert blank < height * 0.8, "the page is mostly empty"
     print(f"FIGURES screenshot {width}x{height}: {covered} chart pixels")
+
+
+def chart(page: str, title: str) -> str:
+    """The SVG of the chart called ``title``."""
+    match = re.search(rf'<svg[^>]*aria-label="{re.escape(title)}".*?</svg>', page)
+    assert match is not None, title
+    return match.group(0)
+
+
+def y_ticks(svg: str) -> list[str]:
+    """The y-axis labels of a chart, bottom first."""
+    return re.findall(r'<text class="axis"[^>]*text-anchor="end">([^<]*)</text>', svg)
+
+
+def test_small_previous_periods_empty_days_and_counts_read_right(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """A previous period of 2 sessions is given as "2 sessions", not as a percentage;
+    ratio lines leave a gap on days without sessions rather than drop to 0; count
+    charts have whole-number ticks."""
+    store = make_store(session_max_age=HOUR)
+    store.new_session("then-1")
+    store.new_session("then-2")
+    clock.advance(7 * 24 * HOUR)
+    for day in range(6):
+        for n in range(4 + day):
+            sid = f"d{day}-{n}"
+            store.new_session(sid)
+            for _ in range(n % 3):
+                store.inc_sequence(sid, "view")
+        clock.advance(24 * HOUR)
+    store.cleanup()
+    store.revive_session(ReviveSession("d5-0"))  # one revival, today, on a day of no starts
+    report = build_report(store.engine, store.get_state().table_name, clock.now, days=7)
+    assert [d.sessions for d in report.days] == [4, 5, 6, 7, 8, 9, 0]
+    assert sum(d.previous_sessions for d in report.days) == 2
+    page = render_html(report)
+    assert "2 sessions in the previous period" in page
+    assert not re.search(r"[+-]\d+% on the previous period", page)
+    views = chart(page, "Views per session")
+    assert views.count("<circle") == 6  # no point for today, which has no sessions
+    shares = chart(page, "Bounce and identified shares")
+    assert shares.count("<circle") == 12
+    for title in ("Sessions per day", "Revived sessions"):
+        ticks = y_ticks(chart(page, title))
+        assert len(ticks) == 5
+        assert all(tick.replace(",", "").isdigit() for tick in ticks), (title, ticks)
+    assert y_ticks(chart(page, "Revived sessions")) == ["0", "1", "2", "3", "4"]
+
+
+def test_a_large_previous_period_is_compared_in_percent(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """With enough sessions before, the change is a percentage."""
+    store = make_store(session_max_age=HOUR)
+    for n in range(40):
+        store.new_session(f"then-{n}")
+    clock.advance(7 * 24 * HOUR)
+    for n in range(50):
+        store.new_session(f"now-{n}")
+    report = build_report(store.engine, store.get_state().table_name, clock.now, days=7)
+    assert "+25% on the previous period" in render_html(report)

@@ -118,6 +118,13 @@ class StoreMachine(RuleBasedStateMachine):
         user = uid if uid is not None else row.user_id
         return self.touched(row, user_agent=USER_AGENTS[ua], client_ip=CLIENT_IPS[ip], user_id=user)
 
+    def archive(self, sid: str, row: Row) -> None:
+        """``row`` of ``sid`` moved to history."""
+        archived = self.archived.setdefault(sid, [])
+        # One key per (id, expiry): a later archived session of that key replaces it.
+        archived[:] = [old for old in archived if old.expires_at != row.expires_at]
+        archived.append(row)
+
     # -- rules ----------------------------------------------------------------------
 
     @rule(
@@ -132,6 +139,9 @@ class StoreMachine(RuleBasedStateMachine):
                 self.store.new_session(sid, user_agent=ua, client_ip=ip, user_id=uid)
             return
         got = self.store.new_session(sid, user_agent=ua, client_ip=ip, user_id=uid)
+        if sid is not None and sid in self.rows:
+            # The expired row it replaces is archived first.
+            self.archive(sid, self.rows[sid])
         if sid is None:
             assert len(got.session_id) == 32
             assert got.session_id not in self.rows
@@ -197,11 +207,7 @@ class StoreMachine(RuleBasedStateMachine):
         got = self.store.cleanup() if offset is None else self.store.cleanup(moment)
         assert got == len(expired)
         for sid in expired:
-            row = self.rows.pop(sid)
-            archived = self.archived.setdefault(sid, [])
-            # One key per (id, expiry): a later archived session of that key replaces it.
-            archived[:] = [old for old in archived if old.expires_at != row.expires_at]
-            archived.append(row)
+            self.archive(sid, self.rows.pop(sid))
         cutoff = moment - timedelta(seconds=DEFAULT_HISTORY_MAX_AGE)
         for archived in self.archived.values():
             archived[:] = [row for row in archived if row.expires_at > cutoff]

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from _servers import Server, free_port, uvicorn
-from _web import FIREFOX, SECRET, Site, shown
+from _web import FIREFOX, PAGE, SECRET, Site, shown
 from test_web_readme import example
 from test_web_servers import BOTS, browse, send_bots, settle
 
@@ -48,10 +48,36 @@ def test_sync_and_async_trackers_count_in_either_mode(django_site: Site) -> None
     assert django_site.state().views == 2
 
 
-def test_store_kind_follows_django_mode(django_site: Site) -> None:
-    """Under WSGI the middleware keeps sessions on a Store, under ASGI on an AsyncStore."""
-    expected = Store if django_site.adapter == "django-wsgi" else AsyncStore
-    assert isinstance(django_site.middleware.store, expected)
+def test_both_modes_keep_sessions_on_a_store(django_site: Site) -> None:
+    """Under WSGI and ASGI alike the middleware keeps sessions on a Store, run in
+    Django's threads."""
+    assert isinstance(django_site.middleware.store, Store)
+
+
+def test_an_event_from_a_thread_the_view_starts_counts(django_site: Site) -> None:
+    """``track_event()`` from a thread a view starts counts, under WSGI and ASGI."""
+    visitor = django_site.visitor()
+    sid = shown(visitor.get("/"))[0]
+    assert visitor.get("/thread-event").json() == {"event": 1}
+    assert django_site.row(sid or "")["event_sequence"] == 1
+
+
+def test_a_response_setting_the_cookie_varies_on_cookie(django_site: Site) -> None:
+    """When the middleware sets its cookie the response says ``Vary: Cookie``, as
+    Django's own session middleware does, so that no cache hands it to another."""
+    response = django_site.visitor().get("/")
+    assert "sauce=" in response.headers["set-cookie"]
+    assert "Cookie" in response.headers["vary"]
+
+
+def test_the_apps_own_cookie_of_that_name_wins(django_site: Site) -> None:
+    """A view that sets a cookie of the middleware's name keeps it (one Set-Cookie);
+    the view is counted all the same."""
+    response = django_site.visitor().get("/own-cookie")
+    (header,) = response.headers.get_list("set-cookie")
+    assert "the app" in header
+    sid = shown(response)[0]
+    assert django_site.row(sid or "")["view_sequence"] == 1
 
 
 def handler_with(sauce_sql: Any, adapter: str = "django-wsgi", **settings: Any) -> Any:
@@ -70,6 +96,9 @@ def handler_with(sauce_sql: Any, adapter: str = "django-wsgi", **settings: Any) 
     ("sauce_sql", "message"),
     [
         (None, "needs settings.SAUCE_SQL"),
+        ({"URL": "sqlite://", "OPTIONS": ["secure"]}, 'SAUCE_SQL["OPTIONS"] must be a dict'),
+        ({"URL": "sqlite://", "OPTIONS": None}, 'SAUCE_SQL["OPTIONS"] must be a dict'),
+        ({"URL": "sqlite://", "STORE_OPTIONS": 3}, 'SAUCE_SQL["STORE_OPTIONS"] must be a dict'),
         ({}, 'needs "URL"'),
         ({"URL": "sqlite://", "TABLE": "x"}, "unknown keys ['TABLE']"),
         ({"URL": "sqlite://", "OPTIONS": {"cookie_age": 1}}, "unknown options ['cookie_age']"),
@@ -106,14 +135,146 @@ def test_unknown_store_option_is_a_type_error() -> None:
         handler_with({"URL": "sqlite://", "STORE_OPTIONS": {"nope": 1}})
 
 
-def test_a_store_of_the_other_mode_is_refused() -> None:
-    """A ``STORE`` that does not match how Django runs the middleware is refused."""
+@pytest.mark.parametrize("adapter", DJANGO)
+def test_a_store_that_is_no_store_is_refused(adapter: str) -> None:
+    """``STORE`` must be a Store (an AsyncStore is bound to one loop, and Django runs
+    the middleware's calls in its threads); ``URL`` and ``STORE`` together are refused."""
     from django.core.exceptions import ImproperlyConfigured
 
     with pytest.raises(ImproperlyConfigured, match=r"must be a sauce_sql\.Store"):
-        handler_with({"STORE": AsyncStore("sqlite://")})
-    with pytest.raises(ImproperlyConfigured, match=r"must be a sauce_sql\.AsyncStore"):
-        handler_with({"STORE": Store("sqlite://")}, adapter="django-asgi")
+        handler_with({"STORE": AsyncStore("sqlite://")}, adapter=adapter)
+    with pytest.raises(ImproperlyConfigured, match="not both"):
+        handler_with({"STORE": Store("sqlite://"), "URL": "oracle://x"}, adapter=adapter)
+
+
+def test_fallback_keys_as_one_string_are_refused() -> None:
+    """``SECRET_KEY_FALLBACKS`` as one string (not a list) is refused, not taken as
+    its characters."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY_FALLBACKS must be a list"):
+        handler_with({"URL": "sqlite://"}, SECRET_KEY_FALLBACKS=SECRET)
+
+
+def test_every_handler_of_a_process_shares_one_store(tmp_path: Path) -> None:
+    """Django builds a middleware per handler (each test client of a test suite has
+    one): on one ``URL`` and ``STORE_OPTIONS`` they share one store, not a store and
+    its connections each."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    conf = {"URL": url, "STORE_OPTIONS": {"clean_interval": None}}
+    from sauce_sql.django import SauceMiddleware
+
+    stores = set()
+    for adapter in [*DJANGO] * 20:
+        handler_with(conf, adapter=adapter)
+        assert SauceMiddleware.latest is not None
+        stores.add(id(SauceMiddleware.latest.store))
+    assert len(stores) == 1
+    other = {**conf, "STORE_OPTIONS": {"clean_interval": None, "table_name": "others"}}
+    handler_with(other)
+    assert SauceMiddleware.latest is not None
+    assert id(SauceMiddleware.latest.store) not in stores
+    SauceMiddleware.latest.store.close()
+
+
+def test_django_test_client_and_async_client_count(tmp_path: Path) -> None:
+    """In a project's own tests, Django's ``Client`` and ``AsyncClient`` see
+    ``request.sauce`` and their views are counted, streaming ones included."""
+    import asyncio
+
+    import _django_site
+    from django.test import AsyncClient, Client
+    from django.test.utils import override_settings
+
+    _django_site.configure()
+    url = f"sqlite:///{tmp_path / 'client.db'}"
+    conf = {"URL": url, "STORE_OPTIONS": {"clean_interval": None}}
+    with override_settings(SAUCE_SQL=conf):
+        client = Client(headers={"user-agent": FIREFOX})
+        sid = shown_text(client.get("/").content.decode())
+        assert client.get("/event").json() == {"event": 1}
+
+        async def visits() -> list[str]:
+            # Per request: AsyncClient(headers=...) sends them as "http-user-agent".
+            aclient, headers = AsyncClient(), {"user-agent": FIREFOX}
+            first = shown_text((await aclient.get("/", headers=headers)).content.decode())
+            streamed = await aclient.get("/stream", headers=headers)
+            # Counted once the body has been sent: the test client's reader closes it.
+            assert b"".join(streamed.streaming_content).endswith(b"streamed</body></html>")
+            await aclient.get("/apage", headers=headers)
+            return [first]
+
+        (asid,) = asyncio.run(visits())
+    assert sid != asid
+    rows = dict(
+        sqlite3.connect(tmp_path / "client.db")
+        .execute("SELECT session_id, view_sequence FROM sessions")
+        .fetchall()
+    )
+    assert rows == {sid: 1, asid: 3}
+
+
+def shown_text(html: str) -> str:
+    """The session id a test page shows."""
+    match = PAGE.search(html)
+    assert match is not None, html
+    return match.group(1)
+
+
+def test_counts_are_dropped_while_many_wait_long_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While as many counts as the limit have been running for over a second (a
+    database that hangs), a response's count is dropped and counted in ``dropped``,
+    with one warning, and no thread waits for it; counting goes on once they are done.
+    As many running for less long (a busy store that answers) drop nothing."""
+    import logging
+    import time as clock
+
+    from sauce_sql import django as sauce_django
+
+    site = Site("django-wsgi", f"sqlite:///{tmp_path / 'web.db'}", "sessions", secret_key=SECRET)
+    try:
+        visitor = site.visitor()
+        sid = shown(visitor.get("/"))[0]
+        middleware = site.middleware
+        running = middleware._in_flight
+        for n in range(sauce_django._MAX_IN_FLIGHT):
+            running[n] = clock.monotonic()
+        visitor.get("/")
+        assert middleware.get_state().dropped == 0
+        for n in range(sauce_django._MAX_IN_FLIGHT):
+            running[n] = clock.monotonic() - 2 * sauce_django._STALLED_AFTER
+        with caplog.at_level(logging.WARNING, logger="sauce_sql.web"):
+            visitor.get("/")
+            visitor.get("/")
+        assert middleware.get_state().dropped == 2
+        assert [r for r in caplog.records if "dropped" in r.getMessage()] != []
+        running.clear()
+        visitor.get("/")
+        assert site.row(sid or "")["view_sequence"] == 3
+    finally:
+        site.close()
+
+
+def test_a_middleware_replacing_responses_outside_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ConditionalGetMiddleware listed before SauceMiddleware (its 304 would keep the
+    cookie and lose the count) gets a warning naming the fix; listed after, none."""
+    import logging
+
+    conf = {"URL": f"sqlite:///{tmp_path / 'o.db'}", "STORE_OPTIONS": {"clean_interval": None}}
+    ours, conditional = (
+        "sauce_sql.django.SauceMiddleware",
+        "django.middleware.http.ConditionalGetMiddleware",
+    )
+    with caplog.at_level(logging.WARNING, logger="sauce_sql.web"):
+        handler_with(conf, MIDDLEWARE=[ours, conditional])
+        assert caplog.records == []
+        handler_with(conf, MIDDLEWARE=[conditional, ours])
+    (record,) = caplog.records
+    assert "before django.middleware.http.ConditionalGetMiddleware" in record.getMessage()
 
 
 def test_short_secret_key_is_refused() -> None:

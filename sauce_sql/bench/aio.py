@@ -9,8 +9,7 @@ noise falls on all of them alike. aiosqlite and asyncpg are measured when instal
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sauce_sql.aio import AsyncStore
+from sauce_sql.bench.aio_lag import lag_under_tasks, lag_while_locked
 from sauce_sql.bench.clients import USER_AGENT, RawSQLite, _libpq_url, _sql, store_ops
 from sauce_sql.bench.workloads import Latencies
 from sauce_sql.prepared import datetime_to_sqlite
@@ -26,6 +26,9 @@ from sauce_sql.store import Store
 __all__ = ["asyncio_postgres", "asyncio_sqlite"]
 
 AsyncOp = Callable[[str], Awaitable[Any]]
+#: Rounds of the 64-task throughput, each of this many seconds per contender.
+TASK_ROUNDS = 4
+TASK_SECONDS = 1.0
 _UTC = timezone.utc
 MAX_AGE = 3600.0
 
@@ -63,67 +66,6 @@ async def _interleaved(
                     into.append(clock() - start)
         position += per_round
     return {name: Latencies.of(got).to_dict() for name, got in samples.items()}
-
-
-class _Lag:
-    """The longest gap between the ticks of a task that sleeps 1 ms at a time."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            self.worst = max(self.worst, now - last - 0.001)
-            last = now
-
-    def __enter__(self) -> _Lag:
-        self._task = asyncio.get_running_loop().create_task(self._tick())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-
-
-async def _lag_under_tasks(store: AsyncStore, ids: Sequence[str], seconds: float) -> float:
-    """The loop's worst stall (ms) while 16 tasks increment for ``seconds``."""
-    end = time.perf_counter() + seconds
-
-    async def work(n: int) -> None:
-        while time.perf_counter() < end:
-            await store.inc_sequence(ids[n % len(ids)], "view")
-
-    with _Lag() as lag:
-        await asyncio.gather(*(work(n) for n in range(16)))
-    return lag.worst * 1000
-
-
-async def _lag_while_locked(store: AsyncStore, path: Path, sid: str) -> dict[str, float]:
-    """The loop's worst stall (ms) while another process holds the write lock for a
-    second and a write waits for it; how long the write took."""
-    code = (
-        "import sqlite3, time\n"
-        f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
-        "time.sleep(1.0); c.execute('COMMIT')\n"
-    )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        await asyncio.to_thread(child.stdout.readline)
-        with _Lag() as lag:
-            began = time.perf_counter()
-            await store.inc_sequence(sid, "view")
-            took = time.perf_counter() - began
-    finally:
-        await asyncio.to_thread(child.wait)
-        if child.stdout is not None:
-            child.stdout.close()
-    return {"worst_stall_ms": lag.worst * 1000, "write_took_ms": took * 1000}
 
 
 async def _aiosqlite_ops(path: Path, raw: RawSQLite) -> tuple[dict[str, AsyncOp], Any] | str:
@@ -180,8 +122,8 @@ def asyncio_sqlite(directory: Path, ids_count: int, rounds: int, per_round: int)
                     raw.close()
                     if not isinstance(aio, str):
                         await aio[1].close()
-                result["lag_16_tasks_ms"] = await _lag_under_tasks(store, ids, 1.0)
-                result["lag_while_locked"] = await _lag_while_locked(store, path, ids[0])
+                result["lag_16_tasks_ms"] = await lag_under_tasks(store, ids, 1.0)
+                result["lag_while_locked"] = await lag_while_locked(store, path, ids[0])
 
     asyncio.run(main())
     return result
@@ -304,11 +246,24 @@ def asyncio_postgres(url: str, ids_count: int, rounds: int, per_round: int) -> d
                 return await cur.fetchone()
 
             try:
+                # Rounds in alternating order: the server's commits (fsyncs) change
+                # speed from one second to the next on a shared machine.
+                turns: dict[str, list[float]] = {"store": [], "raw": []}
+                for round_ in range(TASK_ROUNDS):
+                    for name in ("store", "raw") if round_ % 2 else ("raw", "store"):
+                        turns[name].append(
+                            await _pool_throughput(
+                                pooled_inc,
+                                pool if name == "raw" else None,
+                                store if name == "store" else None,
+                                ids,
+                                TASK_SECONDS,
+                            )
+                        )
                 result["tasks_64"] = {
-                    "store_ops_per_s": await _pool_throughput(pooled_inc, None, store, ids, 2.0),
-                    "raw_pool_10_ops_per_s": await _pool_throughput(
-                        pooled_inc, pool, None, ids, 2.0
-                    ),
+                    "store_ops_per_s": statistics.median(turns["store"]),
+                    "raw_pool_10_ops_per_s": statistics.median(turns["raw"]),
+                    "rounds": turns,
                 }
             finally:
                 for conn in pool:
@@ -346,7 +301,8 @@ def async_targets(results: dict[str, Any]) -> list[tuple[str, float, float, str]
             ratio = figures["async"]["median_us"] / figures["sync"]["median_us"]
             found.append((f"asyncio sqlite {op} / Store (median)", ratio, 1.3, "x"))
         stall = lite["lag_while_locked"]["worst_stall_ms"]
-        found.append(("asyncio sqlite loop stall, lock held 1 s elsewhere", stall, 2.0, "ms"))
+        name = "asyncio sqlite loop stall, lock held 1 s elsewhere (median)"
+        found.append((name, stall, 2.0, "ms"))
     pg = results.get("postgresql")
     if pg:
         # Like against like: the store on each driver and setting against that raw driver.
@@ -387,9 +343,13 @@ def async_lines(results: dict[str, Any]) -> list[str]:
             lines.append(f"  {op:<16} {row}")
         if part == "sqlite":
             locked = figures["lag_while_locked"]
+            rounds = ", ".join(f"{v:.2f}" for v in locked["worst_stall_ms_rounds"])
+            idle = ", ".join(f"{v:.2f}" for v in locked["no_call_stall_ms_rounds"])
             lines.append(
-                f"  loop: worst stall {locked['worst_stall_ms']:.2f} ms while another process"
-                f" held the write lock and a write waited {locked['write_took_ms']:.0f} ms;"
+                f"  loop: worst stall {locked['worst_stall_ms']:.2f} ms (median of {rounds})"
+                f" while another process held the write lock and a write waited"
+                f" {locked['write_took_ms']:.0f} ms; the same loop with no store call:"
+                f" {locked['no_call_stall_ms']:.2f} ms ({idle});"
                 f" {figures['lag_16_tasks_ms']:.1f} ms between ticks with 16 tasks writing flat out"
             )
         else:
@@ -397,5 +357,6 @@ def async_lines(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"  64 tasks: store {tasks['store_ops_per_s']:.0f} ops/s,"
                 f" raw pool of 10 psycopg connections {tasks['raw_pool_10_ops_per_s']:.0f} ops/s"
+                f" (medians of {TASK_ROUNDS} rounds of {TASK_SECONDS:g} s, in turn)"
             )
     return lines

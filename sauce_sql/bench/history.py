@@ -102,19 +102,42 @@ def _archive_vs_delete(url: str, rows: int, runs: int) -> dict[str, Any]:
     return summary
 
 
+#: About 100 distinct user agents, as a real history holds (browsers x versions, tools).
+AGENTS = [
+    *(
+        f"Mozilla/5.0 (X11; Linux x86_64; rv:{v}.0) Gecko/20100101 Firefox/{v}.0"
+        for v in range(100, 140)
+    ),
+    *(
+        f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        f"Chrome/{v}.0.0.0 Safari/537.36"
+        for v in range(100, 140)
+    ),
+    *(
+        f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_{v} like Mac OS X) AppleWebKit/605.1.15 "
+        f"(KHTML, like Gecko) Version/17.{v} Mobile/15E148 Safari/604.1"
+        for v in range(20)
+    ),
+    "curl/8.5.0",
+    "",
+]
+HISTORY_SPAN = 34_560_000  # 400 days, the default history_max_age
+
+
 def _fill_history(store: Store, rows: int, *, user: str | None = None) -> None:
-    """``rows`` archived sessions over the last 400 days, written straight to history."""
+    """``rows`` archived sessions spread evenly over the last 400 days (each its own
+    start time), written straight to history."""
     history = history_table(store.get_state().table_name)
     now = datetime.now(timezone.utc)
     with store.engine.begin() as connection:
         for start in range(0, rows, 50_000):
             batch = []
             for n in range(start, min(rows, start + 50_000)):
-                created = now - timedelta(seconds=(n * 34_560) % 34_560_000)
+                created = now - timedelta(seconds=HISTORY_SPAN * n / rows)
                 batch.append(
                     {
                         "session_id": uuid.uuid4().hex,
-                        "user_agent": "Mozilla/5.0 Firefox/132.0" if n % 3 else "curl/8.5.0",
+                        "user_agent": AGENTS[n * 7919 % len(AGENTS)],
                         "client_ip": None,
                         "user_id": user
                         if user is not None

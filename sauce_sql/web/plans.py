@@ -156,6 +156,11 @@ class Guard:
             self.stats.dropped += 1
         return False
 
+    def drop(self) -> None:
+        """Count a tracking attempt not made (the store is not asked)."""
+        with self._lock:
+            self.stats.dropped += 1
+
     def succeeded(self) -> None:
         """A store call worked: tracking is back if it was gone."""
         if not self.stats.available:

@@ -1,11 +1,14 @@
-"""Runs an asyncio store's statements on PostgreSQL with psycopg's ``AsyncConnection``.
+"""Runs an asyncio store's statements on PostgreSQL with psycopg's ``AsyncConnection``
+(or asyncpg).
 
-Every wait is awaited: the connect, a slot among the store's ``max_connections``
-(handed out longest waiter first, as ``asyncio.Semaphore`` does), the statement. Each
-call has one deadline. A call past it has its connection's socket shut down, as the
-synchronous store's watchdog does (:mod:`~sauce_sql.backends.postgresql.watchdog`):
-cancelling the awaiting coroutine instead would have psycopg send the server a cancel
-request and wait up to seconds for a server that may not answer at all.
+Every wait is awaited: the connect, a place among the store's ``max_connections``
+(handed out longest waiter first: :mod:`~sauce_sql.backends.postgresql.aio_budget`),
+the statement. Each call has one deadline. A call past it has its connection's socket
+shut down, as the synchronous store's watchdog does
+(:mod:`~sauce_sql.backends.postgresql.watchdog`): cancelling the awaiting coroutine
+instead would have psycopg send the server a cancel request and wait up to seconds for
+a server that may not answer at all. The deadlines are kept on one timer of the loop
+(:mod:`~sauce_sql.backends.postgresql.aio_watchdog`), not one per call.
 
 A call cancelled by its caller leaves its connection only if the connection is idle;
 otherwise psycopg has already tried to cancel the statement, and the connection is
@@ -25,6 +28,9 @@ from typing import Any
 from sqlalchemy import Dialect
 
 from sauce_sql.backends.base import ConnectionLost, Raw, Result
+from sauce_sql.backends.postgresql.aio_budget import AsyncBudget
+from sauce_sql.backends.postgresql.aio_watchdog import AsyncWatchdog
+from sauce_sql.backends.postgresql.budget import BudgetSpent
 from sauce_sql.backends.postgresql.executor import SERVER_NOW, budget_spent, too_slow
 from sauce_sql.errors import StoreUnavailable, unavailable, unstorable
 from sauce_sql.prepared import Prepared
@@ -150,9 +156,9 @@ class AsyncServerExecutor:
         self._describe = describe
         self._timeout = timeout
         self._max_connections = max_connections
-        self._keep_idle = max_idle_connections
-        self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[_Held] = []
+        self._budget: AsyncBudget[_Held] = AsyncBudget(max_connections, max_idle_connections)
+        # The deadline of every statement in flight, on one timer of the loop.
+        self._watchdog: AsyncWatchdog[_Held] = AsyncWatchdog(self._end)
         self._epoch = 0
         self._closed = False
         # Connections interrupted mid-statement, closing in the background.
@@ -193,39 +199,52 @@ class AsyncServerExecutor:
     async def close(self) -> None:
         """Close the idle connections; ones in use close when given back."""
         self._closed = True
-        idle, self._idle = self._idle, []
-        for held in idle:
+        for held in self._budget.drain():
             await self._discard(held)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        # Calls still in flight, and tasks in line for a connection, keep their
+        # deadlines: each watchdog's timer fires once more at most, finding nothing.
 
     # -- calls ----------------------------------------------------------------------
 
     async def _run(self, prepared: Prepared | Raw, parameters: Any) -> Result:
+        """One call: a connection of the budget's, the statement on it by the deadline."""
         loop = asyncio.get_running_loop()
-        began = loop.time()
-        deadline = began + self._timeout
-        try:
-            if self._slots.locked():
-                await asyncio.wait_for(self._slots.acquire(), self._timeout)
-            else:
-                await self._slots.acquire()  # free: returns without waiting
-        except asyncio.TimeoutError:
-            raise budget_spent(self._describe, self._max_connections, loop.time() - began) from None
-        try:
-            held = await self._connection(loop, deadline)
-            result = await self._execute(loop, held, prepared, parameters, deadline)
-            self._give_back(held)
-            return result
-        finally:
-            self._slots.release()
+        deadline = loop.time() + self._timeout
+        # Nearly every call: an idle connection, nobody in line, nothing awaited.
+        held = self._budget.take_idle()
+        if held is None or held.epoch != self._epoch or self._driver.lost(held.connection):
+            held = await self._connection(loop, deadline, held)
+        result = await self._execute(held, prepared, parameters, deadline)
+        self._give_back(held)
+        return result
 
-    async def _connection(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Held:
-        while self._idle:
-            held = self._idle.pop()
-            if held.epoch == self._epoch and not self._driver.lost(held.connection):
-                return held
-            await self._discard(held)
+    async def _connection(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, held: _Held | None
+    ) -> _Held:
+        """A usable connection, given ``held``: an idle one that is not (its place is
+        then the caller's already), or None (wait in line for one until ``deadline``)."""
+        if held is None:
+            try:
+                held = await self._budget.take(deadline)
+            except BudgetSpent:
+                waited = loop.time() - deadline + self._timeout
+                raise budget_spent(self._describe, self._max_connections, waited) from None
+        try:
+            if held is not None:
+                if held.epoch == self._epoch and not self._driver.lost(held.connection):
+                    return held
+                # Dead, or opened before a connection was lost: presumed dead too. Its
+                # place in the budget goes to a new one.
+                await self._discard(held)
+            return await self._open(loop, deadline)
+        except BaseException:
+            self._budget.give_back(None)
+            raise
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Held:
+        """A new connection, its session set up, by ``deadline``."""
         if self._closed:
             raise StoreUnavailable("the store's connections are closed")
         try:
@@ -236,12 +255,11 @@ class AsyncServerExecutor:
             raise self._unavailable(exc) from exc
         held = _Held(connection, self._driver.cursor(connection), self._epoch)
         # See the synchronous executor: results come back in timezone.utc.
-        await self._execute(loop, held, _SET_UP, (), deadline, keep=False)
+        await self._execute(held, _SET_UP, (), deadline, keep=False)
         return held
 
     async def _execute(
         self,
-        loop: asyncio.AbstractEventLoop,
         held: _Held,
         prepared: Prepared | Raw,
         parameters: Any,
@@ -250,15 +268,18 @@ class AsyncServerExecutor:
         keep: bool = True,
     ) -> Result:
         """Run one statement on ``held`` by ``deadline``. On failure the connection is
-        kept (if idle and ``keep``) or closed, and the store's error raised."""
-        timer = loop.call_at(deadline, self._end, held)
+        given back (if idle and ``keep``) or closed, its place in the budget given back
+        but for a connection being opened (``keep`` false), and the store's error
+        raised."""
+        watchdog = self._watchdog
+        watchdog.watch(held, deadline)
         try:
             result = await self._driver.run(held, prepared.sql, parameters, prepared.returns_rows)
         except BaseException as exc:
-            timer.cancel()
+            watchdog.forget(held)
             await self._after_failure(held, exc, keep=keep)
             raise  # _after_failure raises the store's error for driver errors
-        timer.cancel()
+        watchdog.forget(held)
         return result
 
     def _end(self, held: _Held) -> None:
@@ -267,10 +288,14 @@ class AsyncServerExecutor:
         self._driver.end(held.connection)
 
     def _give_back(self, held: _Held) -> None:
-        if self._closed or held.epoch < self._epoch or len(self._idle) >= self._keep_idle:
+        """Give back an idle connection (or close it) and its place in the budget."""
+        if self._closed or held.epoch < self._epoch:
             self._close_soon(held)
-        else:
-            self._idle.append(held)
+            self._budget.give_back(None)
+            return
+        surplus = self._budget.give_back(held)
+        if surplus is not None:
+            self._close_soon(surplus)
 
     async def _after_failure(self, held: _Held, exc: BaseException, *, keep: bool) -> None:
         """Keep ``held`` (if ``keep`` and it is idle) or close it after its call raised
@@ -278,10 +303,17 @@ class AsyncServerExecutor:
         driver_error = isinstance(exc, self._errors)
         lost = driver_error and self._driver.lost(held.connection)
         if held.timed_out or lost or not keep:
-            await self._discard(held)
-        else:
+            try:
+                await self._discard(held)
+            finally:
+                if keep:
+                    self._budget.give_back(None)
+        elif self._driver.idle(held.connection):
             # Cancelled or interrupted too: psycopg has tried to cancel the statement.
-            self._keep_if_idle(held)
+            self._give_back(held)
+        else:
+            self._close_soon(held)
+            self._budget.give_back(None)
         if held.timed_out:
             raise too_slow(self._describe, self._timeout) from exc
         if lost:
@@ -289,12 +321,6 @@ class AsyncServerExecutor:
             raise ConnectionLost(*self._unavailable(exc).args) from exc
         if driver_error or isinstance(exc, UnicodeEncodeError):
             raise (unstorable(exc) or self._unavailable(exc)) from exc
-
-    def _keep_if_idle(self, held: _Held) -> None:
-        if self._driver.idle(held.connection):
-            self._give_back(held)
-        else:
-            self._close_soon(held)
 
     def _close_soon(self, held: _Held) -> None:
         task = asyncio.get_running_loop().create_task(self._discard(held))

@@ -161,6 +161,8 @@ class AsyncSQLiteExecutor:
             self._generation, self._inline = Forks.generation, None
         if sync.generation != Forks.generation:
             sync.after_fork()
+        if sync.log_work_due:
+            return None  # it would start the log over (an fsync) or checkpoint it
         parameters = prepared.parameters(values)
         # The executor's lock: no thread of the process is writing, and no checkpoint
         # is waiting for the writers to pause.
@@ -200,6 +202,9 @@ class AsyncSQLiteExecutor:
         held = sync.open()
         try:
             held.connection.execute("PRAGMA busy_timeout = 0")
+            # Never a checkpoint on the loop: the store's thread, or the backstop of
+            # the writer's connection in a worker thread (log_work_due), does them.
+            held.connection.execute("PRAGMA wal_autocheckpoint = 0")
         except sync.error as exc:
             sync.discard(held)
             raise sync.unavailable(exc) from exc

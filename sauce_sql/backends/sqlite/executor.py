@@ -7,47 +7,40 @@ connection and queue for it in Python: they take turns on it
 commit is an fsync, commit in groups (:mod:`~sauce_sql.backends.sqlite.group_commit`).
 A thread of the store's copies the write-ahead log into the database beside them
 (:mod:`~sauce_sql.backends.sqlite.checkpoints`). Readers of a file database run beside
-the writers (WAL) on connections of their own, kept on a free list (a plain list:
-``append`` and ``pop`` are atomic), so the store holds about as many as there are
-threads calling it at once. An in-memory database is one connection that readers and
-writers take turns on.
+the writers (WAL) on connections of their own; an in-memory database is one
+connection that readers and writers take turns on
+(:mod:`~sauce_sql.backends.sqlite.connections`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.pool import PoolProxiedConnection
 
-from sauce_sql.backends.base import ConnectionLost, Forks, Held, HeldConnections, Raw, Result
+from sauce_sql.backends.base import Forks, Raw, Result
 from sauce_sql.backends.sqlite import forks, lease, turns
 from sauce_sql.backends.sqlite.checkpoints import (
     BACKSTOP_FRAMES,
     CHECKPOINT_EVERY,
-    LOG_SIZE_LIMIT,
     Checkpointer,
     Outcome,
 )
+from sauce_sql.backends.sqlite.connections import SQLiteConnections
 from sauce_sql.backends.sqlite.floor import FloorTimeout, WriteFloor
 from sauce_sql.backends.sqlite.group_commit import GroupCommitter
-from sauce_sql.engine import BUSY_TIMEOUT_MS, configure_sqlite, is_memory
+from sauce_sql.engine import BUSY_TIMEOUT_MS
 from sauce_sql.errors import StoreUnavailable
-from sauce_sql.history_sql import SQLITE_MASK_FUNCTION
 from sauce_sql.prepared import Prepared
-from sauce_sql.privacy import mask_ip
 
 logger = logging.getLogger("sauce_sql.connections")
 
-__all__ = ["MAX_IDLE", "Run", "SQLiteExecutor"]
+__all__ = ["Run", "SQLiteExecutor"]
 
-#: Idle reader connections kept beyond this many are closed when given back.
-MAX_IDLE = 8
 #: How far a connection's busy timeout may be from what is left of a call's time
 #: before it is set again (ms).
 _BUSY_SLACK_MS = 20
@@ -67,25 +60,27 @@ def _outcome(rows: list[Sequence[Any]]) -> Outcome:
     return int(busy), int(in_log), int(copied)
 
 
-class SQLiteExecutor(HeldConnections):
+def _log_work_due(outcome: Outcome) -> bool:
+    """Whether the next write will do work on the log after this checkpoint: start it
+    over (the checkpoint copied all of it), or checkpoint it itself (the backstop)."""
+    if outcome is None:
+        return False
+    _, in_log, copied = outcome
+    return 0 < in_log <= copied or in_log >= BACKSTOP_FRAMES
+
+
+class SQLiteExecutor(SQLiteConnections):
     """Executes :class:`Prepared` statements for the stores on one SQLite database."""
 
     def __init__(self, engine: Engine, *, durability: str, describe: str) -> None:
-        self._durability = durability
         # An fsync per commit costs far more than waking a thread: share commits then.
         self._shared_commits = durability == "full"
-        self._memory = is_memory(engine.url)
-        super().__init__(engine, describe=describe)
+        super().__init__(engine, durability=durability, describe=describe)
         # This process's turns on the file, among the processes writing to it.
-        self._turns = None if self._memory else turns.for_file(engine.url.database or "")
+        self._turns = None if self.memory else turns.for_file(engine.url.database or "")
 
     def fresh_state(self) -> None:
         super().fresh_state()
-        self._idle: list[Held] = []
-        self._writer: Held | None = None
-        self._memory_proxy: PoolProxiedConnection | None = None
-        self._memory_isolation: str | None = ""
-        self.lock = threading.Lock()
         self._group = GroupCommitter(
             self.writer_connection,
             self.run_on_writer,
@@ -100,16 +95,6 @@ class SQLiteExecutor(HeldConnections):
         self._floor = WriteFloor()
         self._writes = 0
         self._checkpointer: Checkpointer | None = None
-
-    def after_fork(self) -> None:
-        if self._memory_proxy is not None:
-            self._inherited.append(self._memory_proxy)
-        super().after_fork()
-
-    @property
-    def memory(self) -> bool:
-        """Whether this is an in-memory database (one connection, no log)."""
-        return self._memory
 
     @property
     def database(self) -> str | None:
@@ -248,7 +233,10 @@ class SQLiteExecutor(HeldConnections):
             return None
         finally:
             forks.outside()
-        return _outcome(rows)
+        outcome = _outcome(rows)
+        if _log_work_due(outcome):
+            self.log_work_due = True
+        return outcome
 
     def checkpoint_soon(self) -> None:
         """Have the store's thread checkpoint a file soon, without waiting for it.
@@ -281,11 +269,14 @@ class SQLiteExecutor(HeldConnections):
         try:
             with self.lock:
                 rows, _ = self.run_on_writer(self.writer_connection(), _CHECKPOINT, ())
+                outcome = _outcome(rows)
+                if _log_work_due(outcome):
+                    self.log_work_due = True
         except StoreUnavailable:
             return None
         finally:
             forks.outside()
-        return _outcome(rows)
+        return outcome
 
     def close(self) -> None:
         """Close the connections the executor holds; ones in use close when given back."""
@@ -300,65 +291,9 @@ class SQLiteExecutor(HeldConnections):
             checkpointer.stop()
         forks.inside()
         try:
-            with self.lock:
-                writer, self._writer = self._writer, None
-                if writer is not None:
-                    self.discard(writer)
-                proxy, self._memory_proxy = self._memory_proxy, None
-                if proxy is not None:
-                    # The in-memory database's one connection belongs to the engine.
-                    dbapi: Any = proxy.dbapi_connection
-                    if dbapi is not None:
-                        dbapi.isolation_level = self._memory_isolation
-                    proxy.close()
-            self._drain_idle()
+            self.close_connections()
         finally:
             forks.outside()
-
-    # -- connections ----------------------------------------------------------------
-
-    def open(self) -> Held:
-        """A new connection of the store's own, set up for SQLite."""
-        proxy = self.raw_connection()
-        try:
-            if self._memory:
-                # The one connection of the in-memory database: keep it checked out.
-                self._memory_proxy = proxy
-                dbapi: Any = proxy.dbapi_connection
-                self._memory_isolation = dbapi.isolation_level
-            else:
-                proxy.detach()
-                dbapi = proxy.dbapi_connection
-            configure_sqlite(dbapi, durability=self._durability, memory=self._memory)
-            # Archiving masks IPv6 addresses with it (history_sql).
-            dbapi.create_function(SQLITE_MASK_FUNCTION, 1, mask_ip, deterministic=True)
-            if not self._memory:
-                # The store's thread checkpoints (checkpoints.py); the connection's own
-                # checkpoint only backs it up.
-                dbapi.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_FRAMES}")
-                # When the log starts over, its file shrinks back to this size instead
-                # of keeping the largest size it ever had.
-                dbapi.execute(f"PRAGMA journal_size_limit = {LOG_SIZE_LIMIT}")
-            # Autocommit: a lone statement is its own transaction, which takes the write
-            # lock as it starts, so no deferred-transaction upgrade can fail with
-            # SQLITE_BUSY; groups say BEGIN IMMEDIATE themselves.
-            dbapi.isolation_level = None
-            held = Held(dbapi, self.epoch)
-        except self.error as exc:
-            proxy.invalidate(exc)
-            raise self.unavailable(exc) from exc
-        held.busy_ms = BUSY_TIMEOUT_MS
-        self.held.add(held)
-        return held
-
-    def owns_connection(self, held: Held) -> bool:
-        return held.connection is not getattr(self._memory_proxy, "dbapi_connection", None)
-
-    def writer_connection(self) -> Any:
-        """The writer's DBAPI connection (the only one, in memory); the lock is held."""
-        if self._writer is None:
-            self._writer = self.open()
-        return self._writer.connection
 
     # -- execution ------------------------------------------------------------------
 
@@ -434,54 +369,3 @@ class SQLiteExecutor(HeldConnections):
             f"database {self.describe} is unavailable: database is locked (the write waited "
             f"{BUSY_TIMEOUT_MS / 1000:.0f} s for the write lock)"
         )
-
-    def run_on_writer(self, connection: Any, prepared: Prepared | Raw, parameters: Any) -> Result:
-        """Run a statement on the writer's connection; the lock is held."""
-        writer = self._writer
-        assert writer is not None
-        try:
-            return self.execute(writer, prepared, parameters)
-        except ConnectionLost:
-            self._writer = None
-            self.discard(writer)
-            raise
-
-    def run_on_reader(self, prepared: Prepared | Raw, parameters: Any) -> Result:
-        """Run a statement on an idle reader connection, or a new one."""
-        while True:
-            try:
-                held = self._idle.pop()
-            except IndexError:
-                held = self.open()
-                break
-            if held.epoch == self.epoch:
-                break
-            self.discard(held)
-        try:
-            result = self.execute(held, prepared, parameters)
-        except ConnectionLost:
-            self.epoch += 1
-            self.discard(held)
-            raise
-        except BaseException:
-            self._give_back(held)
-            raise
-        self._give_back(held)
-        return result
-
-    def _drain_idle(self) -> None:
-        while self._idle:
-            try:
-                held = self._idle.pop()
-            except IndexError:  # another thread took the last one
-                break
-            self.discard(held)
-
-    def _give_back(self, held: Held) -> None:
-        if self.closed or held.epoch < self.epoch or len(self._idle) >= MAX_IDLE:
-            self.discard(held)
-            return
-        self._idle.append(held)
-        if self.closed:
-            # close() ran while this call was out, and may have drained the list first.
-            self._drain_idle()
