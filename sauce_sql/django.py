@@ -29,6 +29,7 @@ middleware would raise for it (``InvalidInput``, ``TypeError``).
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import threading
 import time
@@ -45,9 +46,9 @@ from sauce_sql.models import SequenceType
 from sauce_sql.store import Store
 from sauce_sql.web import plans
 from sauce_sql.web.core import TrackerBase, Visit, begin
-from sauce_sql.web.options import DEFAULT_COOKIE_MAX_AGE, ENVIRON_KEYS, configure
-from sauce_sql.web.rules import DEFAULT_PROBE_PATHS, DEFAULT_STATIC_EXTENSIONS, DEFAULT_STATIC_PATHS
+from sauce_sql.web.options import ENVIRON_KEYS, configure
 from sauce_sql.web.stats import WebState, WebStats
+from sauce_sql.wsgi import SauceMiddleware as WSGIMiddleware
 
 __all__ = ["SauceMiddleware", "Tracker"]
 
@@ -63,22 +64,12 @@ _STALLED_AFTER = 0.25
 _STORES: dict[tuple[str, str], Store] = {}
 _STORES_LOCK = threading.Lock()
 _SETTINGS = frozenset({"URL", "STORE", "STORE_OPTIONS", "OPTIONS"})
+# The WSGI middleware's options and their defaults, read off its signature so that the
+# two adapters cannot drift apart (the store and the key come from the settings).
 _DEFAULTS: dict[str, Any] = {
-    "fallback_keys": (),
-    "cookie_name": "sauce",
-    "cookie_max_age": DEFAULT_COOKIE_MAX_AGE,
-    "cookie_domain": None,
-    "secure": None,
-    "count_views": True,
-    "client_ip": "masked",
-    "trusted_proxies": (),
-    "honor_gpc": False,
-    "skip_headless": True,
-    "probe_paths": DEFAULT_PROBE_PATHS,
-    "static_paths": DEFAULT_STATIC_PATHS,
-    "static_extensions": DEFAULT_STATIC_EXTENSIONS,
-    "retry_after": 1.0,
-    "clock": None,
+    name: parameter.default
+    for name, parameter in inspect.signature(WSGIMiddleware.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("store", "secret_key")
 }
 
 
