@@ -56,9 +56,9 @@ logger = logging.getLogger("sauce_sql.web")
 # Counts running at once after responses. Under ASGI each closing response has a
 # thread of its own; while a database hangs (before its first failure trips the
 # back-off, at the store's timeout) they would pile up by the hundred: once this many
-# run and the oldest has for a quarter of a second (no store that answers takes that
-# long to count a view), counts are dropped (``get_state().dropped``)
-# rather than another thread held.
+# run and none has finished for a quarter of a second, counts are dropped
+# (``get_state().dropped``) rather than another thread held. A store that answers,
+# however many wait for its connections, finishes counts all the time.
 _MAX_IN_FLIGHT = 32
 _STALLED_AFTER = 0.25
 _STORES: dict[tuple[str, str], Store] = {}
@@ -142,6 +142,7 @@ class SauceMiddleware:
         self._guard = plans.Guard(self._stats, retry_after)
         self._in_flight: dict[object, float] = {}  # counts running, when each began
         self._flight_lock = threading.Lock()
+        self._finished_at = 0.0  # when the last count finished
         self._overloaded = False
         _check_order()
         SauceMiddleware.latest = self
@@ -222,27 +223,28 @@ class SauceMiddleware:
                 finally:
                     with self._flight_lock:
                         del self._in_flight[token]
+                        self._finished_at = time.monotonic()
         self._stats.add(views=visit.views, events=visit.events)
         reason = visit.unviewed_reason()
         if reason is not None:
             self._stats.skip(reason)
 
     def _stalled(self) -> bool:
-        # Many counts running, the oldest for long: the store hangs (its calls fail only
-        # at its timeout). However many run at once on a store that answers, none is old.
+        # Many counts running and none finished for long (the newest of the last finish
+        # and the oldest start): the store hangs, its calls failing only at its timeout.
         with self._flight_lock:
             if len(self._in_flight) < _MAX_IN_FLIGHT:
                 return False
-            oldest = min(self._in_flight.values())
-        return time.monotonic() - oldest > _STALLED_AFTER
+            progress = max(self._finished_at, min(self._in_flight.values()))
+        return time.monotonic() - progress > _STALLED_AFTER
 
     def _drop(self) -> None:
         self._guard.drop()
         first, self._overloaded = not self._overloaded, True
         if first:
             logger.warning(
-                "sauce_sql: %d or more counts are waiting for the analytics store, one for "
-                "over %.2f s; later ones are dropped while it is this slow "
+                "sauce_sql: %d or more counts are waiting for the analytics store and none "
+                "has finished for %.2f s; later ones are dropped while it hangs "
                 "(get_state().dropped)",
                 _MAX_IN_FLIGHT,
                 _STALLED_AFTER,
