@@ -23,7 +23,8 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import __version__, migrate
-from sauce_sql.engine import DEFAULT_URL, URL_SHOWN, is_memory
+from sauce_sql.backends.sqlite.dialect import file_path
+from sauce_sql.engine import DEFAULT_URL, URL_SHOWN
 from sauce_sql.errors import SauceSQLError, StoreUnavailable, unavailable
 from sauce_sql.redact import safe_url, scrub
 from sauce_sql.store import Store
@@ -45,10 +46,9 @@ def _require_table(engine: Engine, table_name: str) -> None:
     missing = f"table {table_name!r} does not exist"
     hint = "run `sauce-sql migrate` first (or check --url and --table-name)"
     url = engine.url
-    if url.get_backend_name() == "sqlite" and not is_memory(url) and "uri" not in url.query:
-        path = Path(url.database or "")
-        if not path.exists():
-            raise StoreUnavailable(f"{missing}: there is no database file {str(path)!r}; {hint}")
+    path = file_path(url)
+    if path is not None and not path.exists():
+        raise StoreUnavailable(f"{missing}: there is no database file {str(path)!r}; {hint}")
     try:
         with engine.connect() as connection:
             present = inspect(connection).has_table(table_name)
@@ -61,10 +61,7 @@ def _require_table(engine: Engine, table_name: str) -> None:
 
 def _sqlite_file(engine: Engine) -> Path | None:
     """The file behind a SQLite file URL (None for memory, URI forms and servers)."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or is_memory(url) or "uri" in url.query:
-        return None
-    return Path(url.database or "")
+    return file_path(engine.url)
 
 
 @contextlib.contextmanager

@@ -10,8 +10,6 @@ lock, a PostgreSQL advisory lock) so that app servers starting together migrate 
 from __future__ import annotations
 
 import os
-import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +18,10 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect
 
-from sauce_sql.errors import SchemaConflict, StoreUnavailable
+from sauce_sql.backends import backend_for
+from sauce_sql.errors import SchemaConflict
 from sauce_sql.redact import shown
 from sauce_sql.schema import sessions_table
 
@@ -82,54 +81,14 @@ def migration_transaction(
 ) -> Iterator[None]:
     """One transaction holding the lock that keeps concurrent migrations apart.
 
-    On PostgreSQL the lock is waited for without bound, or with ``lock_wait`` for at
-    most that many seconds (then StoreUnavailable says another session holds it).
+    The lock is the backend's (``Backend.migration_lock``): SQLite's write lock; on
+    PostgreSQL an advisory lock, waited for without bound, or with ``lock_wait`` for
+    at most that many seconds (then StoreUnavailable says another session holds it).
+    InvalidInput for a database sauce_sql does not run on, before anything is done.
     """
-    if connection.dialect.name == "sqlite":
-        # pysqlite would not open a transaction for DDL by itself: take the write lock
-        # up front so a second process waits instead of racing to CREATE TABLE.
-        dbapi: Any = connection.connection.dbapi_connection
-        saved, dbapi.isolation_level = dbapi.isolation_level, None
-        try:
-            with connection.begin():
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-                yield
-        finally:
-            dbapi.isolation_level = saved
-    else:
-        # The store's own engine runs in autocommit (engine.create_store_engine): a
-        # migration is one transaction, so that its lock and its DDL go together.
-        connection.execution_options(isolation_level="READ COMMITTED")
-        with connection.begin():
-            key = zlib.crc32(f"sauce_sql:{table_name}".encode())
-            if lock_wait is None:
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-            else:
-                _take_lock(connection, table_name, key, lock_wait, step)
-            yield
-
-
-def _take_lock(connection: Connection, table_name: str, key: int, wait: float, step: Step) -> None:
-    """Take the migration lock, trying for ``wait`` seconds. Tried rather than waited
-    for: each try answers at once, so a session holding the lock is told apart from a
-    server that does not answer."""
-    deadline = time.monotonic() + wait
-    pause = 0.01
-    while True:
-        step(f"waiting for the migration lock of table {table_name!r}")
-        try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
-        if connection.execute(try_lock, {"key": key}).scalar():
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise StoreUnavailable(
-                f"another session has held the migration lock of table {table_name!r} for "
-                f"more than the store's timeout of {wait:g} s (a migration running in "
-                "another process, or stuck); start the store again once it ends, or migrate "
-                "ahead with `sauce-sql migrate`"
-            )
-        time.sleep(min(pause, left))
-        pause = min(pause * 2, 0.1)
+    lock = backend_for(connection.dialect.name).migration_lock
+    with lock(connection, table_name, lock_wait, step):
+        yield
 
 
 def _run(engine: Engine, table_name: str, action: Any, *args: Any) -> None:
@@ -155,8 +114,7 @@ def is_current(engine: Engine, table_name: str) -> bool:
     head = script.get_current_head()
     known = {revision.revision for revision in script.walk_revisions()}
     with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execution_options(isolation_level="AUTOCOMMIT")
+        backend_for(connection.dialect.name).read_schema(connection)
         revision = _owned_revision(connection, table_name, known)
         if revision == head:
             _check_columns(connection, table_name)
@@ -238,9 +196,9 @@ def make_current(
     script = ScriptDirectory.from_config(make_config(table_name))
     head = script.get_current_head()
     known = {revision.revision for revision in script.walk_revisions()}
+    read_schema = backend_for(connection.dialect.name).read_schema
     step(f"checking the schema of table {table_name!r}")
-    if connection.dialect.name == "postgresql":
-        connection.execution_options(isolation_level="AUTOCOMMIT")
+    read_schema(connection)
     revision = _owned_revision(connection, table_name, known)
     if revision == head:
         _check_columns(connection, table_name)

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Connection, Engine, text
 
 from sauce_sql import validation
+from sauce_sql.backends import backend_for
 from sauce_sql.migrate import migration_transaction
 from sauce_sql.schema import history_table_name
 
@@ -41,8 +42,9 @@ def _next(month: datetime) -> datetime:
 
 
 def _postgresql(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        raise ValueError(f"history partitions are for PostgreSQL, not {engine.dialect.name!r}")
+    name = engine.dialect.name
+    if not backend_for(name).partitions:
+        raise ValueError(f"history partitions are for PostgreSQL, not {name!r}")
 
 
 def is_partitioned(connection: Connection, table_name: str) -> bool:

@@ -6,18 +6,18 @@ string to the driver. That keeps the hot path to the driver's cost plus a few
 microseconds, with the SQL still written once.
 
 Parameters and results go through the column types' own processors, except the
-:class:`~sauce_sql.schema.UTCDateTime` columns. On SQLite, SQLAlchemy formats and parses
-their text with ``%``-formatting and a regular expression, several microseconds per
-value, so :func:`datetime_to_sqlite` and :func:`datetime_from_sqlite` do the same with
-``isoformat`` and ``fromisoformat``, to the byte. Elsewhere the driver takes and gives
-aware datetimes, and :func:`utc_passthrough` lets those already in UTC through without
-the decorator's call chain and ``astimezone``, about a microsecond a row.
+:class:`~sauce_sql.schema.UTCDateTime` columns. A backend may bring its own converters
+of those (``Backend.datetimes``: SQLite's, which do SQLAlchemy's text formatting and
+parsing with ``isoformat`` and ``fromisoformat``, to the byte). Elsewhere the driver
+takes and gives aware datetimes, and :func:`utc_passthrough` lets those already in UTC
+through without the decorator's call chain and ``astimezone``, about a microsecond a
+row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import timezone
 from operator import itemgetter
 from typing import Any
 
@@ -26,68 +26,19 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
+from sauce_sql.backends import backend_for
 from sauce_sql.schema import UTCDateTime
 
 __all__ = [
     "Prepared",
-    "datetime_from_sqlite",
-    "datetime_to_sqlite",
     "row_reader",
     "utc_passthrough",
 ]
 
 _Processor = Callable[[Any], Any]
+# A backend's own (bind, result) converters of UTCDateTime values, if it has them.
+_Own = tuple[_Processor, _Processor] | None
 _UTC = timezone.utc
-_fromisoformat = datetime.fromisoformat
-
-
-def datetime_to_sqlite(value: datetime) -> str:
-    """An aware datetime as SQLite keeps it: UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``."""
-    if value.tzinfo is not _UTC:
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r} given where an aware one is required")
-        value = value.astimezone(_UTC)
-    # SQLAlchemy's own format; %-formatting beats isoformat() and strftime() here.
-    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond,
-    )
-
-
-def datetime_from_sqlite(dialect: Dialect) -> Callable[[str | None], datetime | None]:
-    """Parse SQLite's datetime text into an aware UTC datetime.
-
-    Text the store did not write (another program's rows) falls back to SQLAlchemy's
-    own parser, so anything it reads is read the same.
-    """
-    slow = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
-    assert slow is not None
-
-    def parse_other(value: str | None) -> datetime | None:
-        if value is None:
-            return None
-        try:
-            parsed = _fromisoformat(value)
-        except (TypeError, ValueError):
-            return slow(value)
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=_UTC)
-        return parsed.astimezone(_UTC)
-
-    def parse(value: str | None) -> datetime | None:
-        try:
-            # Appending the offset is cheaper than replace(tzinfo=...) afterwards,
-            # and fromisoformat gives back the timezone.utc singleton for it.
-            return _fromisoformat(value + "+00:00")  # type: ignore[operator]
-        except (TypeError, ValueError):
-            return parse_other(value)
-
-    return parse
 
 
 def utc_passthrough(process: _Processor) -> _Processor:
@@ -106,18 +57,24 @@ def utc_passthrough(process: _Processor) -> _Processor:
     return convert
 
 
-def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> _Processor | None:
-    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
-        return datetime_to_sqlite
+def _own_datetimes(dialect: Dialect) -> _Own:
+    """The backend's own converters of UTCDateTime values on ``dialect``, if any."""
+    own = backend_for(dialect.name).datetimes
+    return None if own is None else own(dialect)
+
+
+def _bind_processor(type_: TypeEngine[Any], dialect: Dialect, own: _Own) -> _Processor | None:
+    if own is not None and isinstance(type_, UTCDateTime):
+        return own[0]
     process = type_.dialect_impl(dialect).bind_processor(dialect)
     if process is not None and _passes_datetimes(type_, dialect):
         return utc_passthrough(process)
     return process
 
 
-def _result_processor(type_: TypeEngine[Any], dialect: Dialect) -> _Processor | None:
-    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
-        return datetime_from_sqlite(dialect)
+def _result_processor(type_: TypeEngine[Any], dialect: Dialect, own: _Own) -> _Processor | None:
+    if own is not None and isinstance(type_, UTCDateTime):
+        return own[1]
     process = type_.dialect_impl(dialect).result_processor(dialect, None)
     if process is not None and _passes_datetimes(type_, dialect):
         return utc_passthrough(process)
@@ -137,7 +94,8 @@ def row_reader(
     columns: Sequence[ColumnElement[Any]], dialect: Dialect
 ) -> Callable[[Sequence[Any]], Sequence[Any]]:
     """A function turning a raw driver row of ``columns`` into Python values."""
-    processors = [_result_processor(c.type, dialect) for c in columns]
+    own = _own_datetimes(dialect)
+    processors = [_result_processor(c.type, dialect, own) for c in columns]
     if not any(processors):
         return tuple
     pairs = tuple((i, p) for i, p in enumerate(processors) if p is not None)
@@ -183,7 +141,8 @@ class Prepared:
         unknown = set(names) - set(binds)
         if unknown:
             raise AssertionError(f"parameters {sorted(unknown)} are not in: {self.sql}")
-        processors = {name: _bind_processor(binds[name].type, dialect) for name in names}
+        own = _own_datetimes(dialect)
+        processors = {name: _bind_processor(binds[name].type, dialect, own) for name in names}
         # Values needing no conversion are copied as they are; converting each name
         # once matters because a statement may use ``now`` twice.
         self._plain = tuple(name for name, process in processors.items() if process is None)
@@ -195,7 +154,7 @@ class Prepared:
             if name in processors:
                 continue
             bind = binds[name]
-            process = _bind_processor(bind.type, dialect)
+            process = _bind_processor(bind.type, dialect, own)
             value = bind.effective_value
             self._constants[name] = process(value) if process else value
         self._order = order

@@ -1,7 +1,9 @@
 """Every statement the store runs, built as SQLAlchemy constructs. No I/O.
 
-This is the one module that switches on the dialect. Each builder returns a statement
-whose runtime values are named bind parameters:
+What differs between the databases (the upsert's ``INSERT``, the batch delete, lean
+expiry) comes from the table's backend (:mod:`sauce_sql.backends`), looked up once
+per build. Each builder returns a statement whose runtime values are named bind
+parameters:
 
 ``sid``      the session id              ``now``      the operation's one clock reading
 ``expires``  ``now + session_max_age``   ``ua``/``ip``/``uid``  user agent, client IP, user
@@ -21,7 +23,6 @@ for vacuum. SQLite rewrites the row in its B-tree either way and keeps expiry ex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -29,15 +30,11 @@ from sqlalchemy import (
     ColumnElement,
     Delete,
     Insert,
-    Integer,
-    Interval,
     Select,
     String,
     Table,
     Update,
-    any_,
     bindparam,
-    case,
     delete,
     func,
     literal_column,
@@ -45,8 +42,13 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from sauce_sql.backends import BACKENDS, Backend, backend_for
+from sauce_sql.backends.postgresql.dialect import (
+    RESOLUTION_CAP,
+    RESOLUTION_SHARE,
+    expiry_resolution,
+)
 from sauce_sql.schema import UTCDateTime
 
 __all__ = [
@@ -58,12 +60,8 @@ __all__ = [
     "expiry_resolution",
 ]
 
-SUPPORTED_DIALECTS = ("postgresql", "sqlite")
-#: On PostgreSQL, expires_at may lag ``now + session_max_age`` by up to
-#: ``min(session_max_age / RESOLUTION_SHARE, RESOLUTION_CAP)`` after an increment or
-#: assign_user (see :func:`expiry_resolution`).
-RESOLUTION_SHARE = 20
-RESOLUTION_CAP = timedelta(minutes=5)
+#: The dialects the statements are built for (:data:`sauce_sql.backends.BACKENDS`).
+SUPPORTED_DIALECTS = tuple(sorted(BACKENDS))
 
 _now = bindparam("now", type_=UTCDateTime())
 _expires = bindparam("expires", type_=UTCDateTime())
@@ -102,39 +100,17 @@ class SessionStatements:
     }
 
 
-def expiry_resolution(session_max_age: timedelta) -> timedelta:
-    """How far short of ``now + session_max_age`` a PostgreSQL increment or
-    ``assign_user`` may leave ``expires_at``: 5% of the max age, at most 5 minutes.
-
-    >>> expiry_resolution(timedelta(hours=1))
-    datetime.timedelta(seconds=180)
-    """
-    return min(session_max_age / RESOLUTION_SHARE, RESOLUTION_CAP)
-
-
 def _live(table: Table) -> ColumnElement[bool]:
     return (table.c.session_id == _sid) & (table.c.expires_at > _now)
 
 
-def _sliding_expiry(table: Table, dialect: str, *, exact: bool) -> ColumnElement[Any]:
-    """The ``expires_at`` an increment or assign_user writes.
-
-    On PostgreSQL the stored value is kept while it lies within the resolution below
-    ``expires`` (and not past it), so the row's indexed columns are unchanged and the
-    update can be HOT. The resolution is computed from the statement's own ``now`` and
-    ``expires`` (their difference is the store's max age), so the statement takes the
-    same parameters as the exact one and a store of another max age on the same table
-    gets its own resolution.
-    """
-    if exact or dialect == "sqlite":
+def _sliding_expiry(table: Table, backend: Backend, *, exact: bool) -> ColumnElement[Any]:
+    """The ``expires_at`` an increment or assign_user writes: ``expires``, or where the
+    backend has a lean expiry (PostgreSQL's HOT updates) and ``exact`` is not asked,
+    that one (see :func:`sauce_sql.backends.postgresql.dialect.lean_expiry`)."""
+    if exact or backend.lean_expiry is None:
         return _expires
-    stored = table.c.expires_at
-    max_age = (_expires - _now).self_group()
-    share = max_age.op("/")(literal_column(str(RESOLUTION_SHARE), Integer()))
-    cap = literal_column(f"interval '{RESOLUTION_CAP.total_seconds():.0f} seconds'", Interval())
-    resolution = func.least(share, cap, type_=Interval())
-    fresh_enough = (stored >= _expires - resolution) & (stored <= _expires)
-    return case((fresh_enough, stored), else_=_expires)
+    return backend.lean_expiry(table.c.expires_at, _now, _expires)
 
 
 def _increment(table: Table, column: str, expiry: ColumnElement[Any]) -> Update:
@@ -147,10 +123,9 @@ def _increment(table: Table, column: str, expiry: ColumnElement[Any]) -> Update:
     )
 
 
-def _insert(table: Table, dialect: str) -> Any:
+def _insert(table: Table, backend: Backend) -> Any:
     """``INSERT`` of a fresh session, from the dialect that knows ``ON CONFLICT``."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).values(
+    return backend.insert(table).values(
         session_id=_sid,
         user_agent=bindparam("ua", type_=String()),
         client_ip=bindparam("ip", type_=String()),
@@ -163,13 +138,13 @@ def _insert(table: Table, dialect: str) -> Any:
     )
 
 
-def _create(table: Table, dialect: str) -> Insert:
+def _create(table: Table, backend: Backend) -> Insert:
     """A new session; an expired row under the id is replaced, a live one left alone.
 
     When a live row holds the id the ``WHERE`` of the ``DO UPDATE`` fails, nothing is
     written and ``RETURNING`` yields no row: that is how the store sees SessionExists.
     """
-    insert = _insert(table, dialect)
+    insert = _insert(table, backend)
     fresh = {c.name: insert.excluded[c.name] for c in table.c if c.name != "session_id"}
     return insert.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=[table.c.session_id],
@@ -178,9 +153,9 @@ def _create(table: Table, dialect: str) -> Insert:
     ).returning(*table.c)
 
 
-def _revive(table: Table, dialect: str, *, only_if_expired: bool) -> Insert:
+def _revive(table: Table, backend: Backend, *, only_if_expired: bool) -> Insert:
     """Bring a session back under its id, keeping counters and created_at of any row."""
-    insert = _insert(table, dialect)
+    insert = _insert(table, backend)
     excluded = insert.excluded
     return insert.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=[table.c.session_id],
@@ -195,23 +170,15 @@ def _revive(table: Table, dialect: str, *, only_if_expired: bool) -> Insert:
     ).returning(*table.c)
 
 
-def _delete_expired_batch(table: Table, dialect: str) -> Delete:
+def _delete_expired_batch(table: Table, backend: Backend) -> Delete:
     """Delete at most ``batch`` expired rows, found through the expires_at index.
 
     The outer ``expires_at <= now`` is re-checked on the row being deleted, so a row
     revived after the inner select picked it is kept (PostgreSQL re-evaluates the
-    condition on the updated row version).
+    condition on the updated row version). How the batch is picked is the backend's.
     """
     expired = table.c.expires_at <= _now
-    batch = bindparam("batch", type_=BigInteger())
-    if dialect == "postgresql":
-        # By physical row address: PostgreSQL plans `session_id IN (SELECT ... LIMIT)`
-        # as a scan of the whole table per batch.
-        ctid: ColumnElement[Any] = literal_column("ctid")
-        victims = select(ctid).where(expired).limit(batch).scalar_subquery()
-        return delete(table).where(ctid == any_(func.array(victims)), expired)
-    victims = select(table.c.session_id).where(expired).limit(batch).scalar_subquery()
-    return delete(table).where(table.c.session_id.in_(victims), expired)
+    return backend.delete_expired_batch(table, expired, bindparam("batch", type_=BigInteger()))
 
 
 def _expired_bound(table: Table) -> Select[Any]:
@@ -245,15 +212,15 @@ def _delete_expired_upto(table: Table) -> Delete:
 
 
 def build(table: Table, dialect: str, *, lean_expiry: bool = False) -> SessionStatements:
-    """All statements for ``table`` on ``dialect`` (one of :data:`SUPPORTED_DIALECTS`).
+    """All statements for ``table`` on ``dialect`` (one of :data:`SUPPORTED_DIALECTS`;
+    InvalidInput for any other).
 
     Every write sets ``expires_at`` to ``expires``, unless ``lean_expiry`` (the store's
     option of that name) has increments and assign_user on PostgreSQL keep a stored
     expiry within the resolution (HOT updates).
     """
-    if dialect not in SUPPORTED_DIALECTS:
-        raise ValueError(f"unsupported dialect {dialect!r}")
-    expiry = _sliding_expiry(table, dialect, exact=not lean_expiry)
+    backend = backend_for(dialect)
+    expiry = _sliding_expiry(table, backend, exact=not lean_expiry)
     return SessionStatements(
         select_live=select(*table.c).where(_live(table)),
         exists_live=select(literal_column("1")).select_from(table).where(_live(table)),
@@ -269,19 +236,10 @@ def build(table: Table, dialect: str, *, lean_expiry: bool = False) -> SessionSt
             )
             .returning(table.c.session_id)
         ),
-        create=_create(table, dialect),
-        revive=_revive(table, dialect, only_if_expired=False),
-        revive_if_expired=_revive(table, dialect, only_if_expired=True),
-        delete_expired_batch=_delete_expired_batch(table, dialect),
+        create=_create(table, backend),
+        revive=_revive(table, backend, only_if_expired=False),
+        revive_if_expired=_revive(table, backend, only_if_expired=True),
+        delete_expired_batch=_delete_expired_batch(table, backend),
         expired_bound=_expired_bound(table),
         delete_expired_upto=_delete_expired_upto(table),
     )
-
-
-def utc_day(column: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
-    """``YYYY-MM-DD`` of a stored time, in UTC, for grouping by day."""
-    if dialect == "postgresql":
-        utc = func.timezone("UTC", column)
-        return func.to_char(utc, "YYYY-MM-DD")
-    # SQLite keeps UTC text that starts with the date.
-    return func.substr(column, 1, 10)

@@ -11,7 +11,8 @@ from sqlalchemy import URL, Engine, MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import backends, ops, validation
-from sauce_sql.backends import SyncExecutor
+from sauce_sql.backends import sync
+from sauce_sql.backends.sync import SyncExecutor
 from sauce_sql.cleanup import Cleaner, cleanup_round
 from sauce_sql.clocks import ServerClock
 from sauce_sql.config import DEFAULT_HISTORY_MAX_AGE, StoreConfig
@@ -116,7 +117,7 @@ class Store(StoreCore):
             except (SQLAlchemyError, CommandError, OSError) as exc:
                 raise unavailable(f"database {self._describe} is unavailable", exc) from exc
             config = self._config
-            executor = backends.acquire(
+            executor = sync.acquire(
                 self._engine,
                 shareable=self._owns_engine,
                 durability=config.durability,
@@ -131,7 +132,7 @@ class Store(StoreCore):
                 try:
                     server_clock.sync()
                 except BaseException:
-                    backends.release(executor)
+                    sync.release(executor)
                     raise
                 self._system_clock = server_clock
             self._executor = executor
@@ -152,7 +153,7 @@ class Store(StoreCore):
                 cleaner.stop()
             executor, self._executor = self._executor, None
             if executor is not None:
-                backends.release(executor)
+                sync.release(executor)
             if self._owns_engine:
                 self._engine.dispose()
 

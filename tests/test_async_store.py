@@ -110,10 +110,9 @@ def test_a_write_that_never_gets_the_lock_fails_in_bounded_time(
 ) -> None:
     """A write whose lock stays taken ends in StoreUnavailable at its deadline, off the
     loop, and changes nothing."""
-    from sauce_sql import engine
-    from sauce_sql.backends.sqlite import executor
+    from sauce_sql.backends.sqlite import dialect, executor
 
-    monkeypatch.setattr(engine, "BUSY_TIMEOUT_MS", 500)
+    monkeypatch.setattr(dialect, "BUSY_TIMEOUT_MS", 500)
     monkeypatch.setattr(executor, "BUSY_TIMEOUT_MS", 500)
     path = tmp_path / "stuck.db"
 

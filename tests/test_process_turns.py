@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sauce_sql import AsyncStore, Store, StoreUnavailable
-from sauce_sql import engine as engine_module
+from sauce_sql.backends.sqlite import dialect as sqlite_dialect
 from sauce_sql.backends.sqlite import executor as executor_module
 from sauce_sql.bench.file_processes import writers_on_one_file
 
@@ -106,7 +106,7 @@ def test_a_turn_never_given_ends_the_call_at_its_deadline(
     """One deadline per call: the wait for another process's turn ends in
     StoreUnavailable within the call's time, for a plain write and with
     durability="full"."""
-    monkeypatch.setattr(engine_module, "BUSY_TIMEOUT_MS", 500)
+    monkeypatch.setattr(sqlite_dialect, "BUSY_TIMEOUT_MS", 500)
     monkeypatch.setattr(executor_module, "BUSY_TIMEOUT_MS", 500)
     database = str(tmp_path / "sessions.db")
     for durability in ("normal", "full"):

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from _support import run_children
 
-from sauce_sql import Store, StoreUnavailable, engine
+from sauce_sql import Store, StoreUnavailable
+from sauce_sql.backends.sqlite import dialect as sqlite_dialect
 from sauce_sql.backends.sqlite import executor as sqlite_executor
 
 pytestmark = pytest.mark.slow
@@ -161,7 +162,7 @@ def test_each_write_waits_for_a_lock_held_elsewhere_once(
     """While another connection holds the write lock, 8 threads writing each fail with
     StoreUnavailable after about one busy timeout, not one timeout per writer ahead
     of them in line."""
-    monkeypatch.setattr(engine, "BUSY_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(sqlite_dialect, "BUSY_TIMEOUT_MS", 1000)
     monkeypatch.setattr(sqlite_executor, "BUSY_TIMEOUT_MS", 1000)
     path = tmp_path / "locked.db"
     with Store(f"sqlite:///{path}", clean_interval=None, durability=durability) as store:

@@ -35,13 +35,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.backends.sqlite.executor import SQLiteExecutor
 from sauce_sql.bench import aio, server_load
 from sauce_sql.bench import workloads as work
 from sauce_sql.bench.clients import OPERATIONS, RawPostgres, RawSQLite, RedisClient, store_ops
 from sauce_sql.bench.pgbouncer import pgbouncer_binary, running_pgbouncer
 from sauce_sql.bench.report import evaluate, format_report
-from sauce_sql.prepared import datetime_to_sqlite
 from sauce_sql.redact import safe_url, scrub
 from sauce_sql.store import Store
 

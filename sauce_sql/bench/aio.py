@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sauce_sql.aio import AsyncStore
+from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.bench.aio_lag import lag_under_tasks, lag_while_locked
 from sauce_sql.bench.clients import USER_AGENT, RawSQLite, _libpq_url, _sql, store_ops
 from sauce_sql.bench.workloads import Latencies
-from sauce_sql.prepared import datetime_to_sqlite
 from sauce_sql.store import Store
 
 __all__ = ["asyncio_postgres", "asyncio_sqlite"]

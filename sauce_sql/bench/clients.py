@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sqlalchemy import Dialect
 
 from sauce_sql import statements
+from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.models import ReviveSession
-from sauce_sql.prepared import datetime_to_sqlite
 from sauce_sql.schema import sessions_table
 from sauce_sql.store import Store
 

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.bench.clients import Operation
-from sauce_sql.prepared import datetime_to_sqlite
 
 __all__ = [
     "Latencies",

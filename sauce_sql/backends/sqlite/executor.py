@@ -31,9 +31,9 @@ from sauce_sql.backends.sqlite.checkpoints import (
     Outcome,
 )
 from sauce_sql.backends.sqlite.connections import SQLiteConnections
+from sauce_sql.backends.sqlite.dialect import BUSY_TIMEOUT_MS
 from sauce_sql.backends.sqlite.floor import FloorTimeout, WriteFloor
 from sauce_sql.backends.sqlite.group_commit import GroupCommitter
-from sauce_sql.engine import BUSY_TIMEOUT_MS
 from sauce_sql.errors import StoreUnavailable
 from sauce_sql.prepared import Prepared
 
