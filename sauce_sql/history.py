@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Dialect
 
+from sauce_sql.backends import backend_for
 from sauce_sql.backends.sqlite.executor import Run
 from sauce_sql.cleanup import StopSignal, delete_expired
 from sauce_sql.history_statements import HistoryStatements, build_history
@@ -52,8 +53,12 @@ class HistoryPrepared:
     create_fresh: Prepared
 
     def __init__(self, dialect: Dialect, table_name: str, ip_mode: str) -> None:
-        built = build_history(table_name, dialect.name, ip_mode)
-        self.postgresql = dialect.name == "postgresql"
+        backend = backend_for(dialect.name)
+        built = build_history(table_name, backend.name, ip_mode)
+        self.dialect_name = backend.name
+        #: Each move is one statement (the operations below take that form of the
+        #: statements, see build_history), rather than a copy and a delete.
+        self.writable_ctes = backend.writable_ctes
         for field in fields(built):
             statement = getattr(built, field.name)
             names = HistoryStatements.PARAMETERS[field.name]
@@ -81,7 +86,7 @@ _Batch = Generator[Any, Any, tuple[int, bool]]
 
 
 def _archive_batch(statements: HistoryPrepared, now: datetime, rows: int) -> _Batch:
-    if statements.postgresql:
+    if statements.writable_ctes:
         values: dict[str, Any] = {"now": now, "batch": rows}
         _, moved = yield Step(
             _statement(statements, "archive_batch"), values, write=True, slow=True
@@ -119,7 +124,7 @@ def _retire_batch(statements: HistoryPrepared, cutoff: datetime, rows: int) -> _
         suffix, values = "upto", {"bound_at": found[0][0], "bound_id": found[0][1]}
     else:
         suffix, values = "rest", {"cutoff": cutoff}
-    if statements.postgresql:
+    if statements.writable_ctes:
         statement = _statement(statements, f"retire_{suffix}")
         result, _ = yield Step(statement, values, write=True, slow=True)
         return int(result[0][0]), not found
@@ -133,10 +138,6 @@ def _retire_batch(statements: HistoryPrepared, cutoff: datetime, rows: int) -> _
     return retired, not found
 
 
-def _dialect(statements: HistoryPrepared) -> str:
-    return "postgresql" if statements.postgresql else "sqlite"
-
-
 def archive_expired(
     statements: HistoryPrepared,
     now: datetime,
@@ -148,7 +149,7 @@ def archive_expired(
     return delete_expired(
         statements,
         now,
-        dialect_name=_dialect(statements),
+        dialect_name=statements.dialect_name,
         count=count,
         stop=stop,
         batch=_archive_batch,
@@ -170,7 +171,7 @@ def retire_history(
         return 0
     return (
         yield from delete_expired(
-            statements, cutoff, dialect_name=_dialect(statements), stop=stop, batch=_retire_batch
+            statements, cutoff, dialect_name=statements.dialect_name, stop=stop, batch=_retire_batch
         )
     )
 
@@ -207,7 +208,7 @@ def revive(
     ``only_if_expired`` and a live row is there). ``live`` holds the store's own
     ``revive`` and ``revive_if_expired`` statements."""
     bucketed = {**values, "bucket": bucket_start(values["now"])}
-    if statements.postgresql:
+    if statements.writable_ctes:
         # The common case first: the id's row is there (one plain UPDATE). Only
         # without one does the full revival (history, or a new session) run.
         suffix = "_if_expired" if only_if_expired else ""
@@ -248,7 +249,7 @@ def recreate(
     one transaction (it would otherwise be overwritten and its session lost), a live
     one left alone and no row returned. ``create`` is the store's own statement, which
     replaces an expired row and leaves a live one alone."""
-    if statements.postgresql:
+    if statements.writable_ctes:
         rows, _ = yield Step(_statement(statements, "create_archiving"), values, write=True)
         return list(rows)
 
@@ -275,7 +276,7 @@ def forget(statements: HistoryPrepared, what: str, value: str) -> Operation[int]
     ``value``; return how many."""
     key = "uid" if what == "user" else "sid"
     values = {key: value}
-    if statements.postgresql:
+    if statements.writable_ctes:
         rows, _ = yield Step(_statement(statements, f"forget_{what}"), values, write=True)
         return int(rows[0][0])
 

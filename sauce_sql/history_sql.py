@@ -15,17 +15,16 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
-    cast,
     delete,
     func,
-    literal,
     literal_column,
     null,
     select,
     tuple_,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from sauce_sql.backends import backend_for
+from sauce_sql.backends.sqlite.dialect import SQLITE_MASK_FUNCTION
 from sauce_sql.schema import UTCDateTime
 
 __all__ = [
@@ -48,28 +47,15 @@ __all__ = [
 #: What archiving does with a client IP: keep it, mask it (IPv4 to /24, IPv6 to /48),
 #: or drop it.
 HISTORY_IP_MODES = ("mask", "drop", "keep")
-#: The SQL function the store registers on its SQLite connections to mask IPv6.
-SQLITE_MASK_FUNCTION = "sauce_sql_mask_ip"
 
 NOW = bindparam("now", type_=UTCDateTime())
 BATCH = bindparam("batch", type_=BigInteger())
 
 
 def bucket_of(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """The start of the 15-minute UTC bucket holding a stored time, as stored times are."""
-    if dialect == "postgresql":
-        origin: ColumnElement[Any] = literal_column("TIMESTAMPTZ '2000-01-01 00:00:00+00'")
-        return func.date_bin(literal_column("INTERVAL '15 minutes'"), column, origin)
-    if dialect == "sqlite":
-        # Stored as UTC text 'YYYY-MM-DD HH:MM:SS.ffffff': keep the hour, round the minutes.
-        minute = cast(func.substr(column, 15, 2), BigInteger())
-        return func.printf(
-            literal("%s%02d:00.000000", String()),
-            func.substr(column, 1, 14),
-            minute - minute.op("%")(15),
-            type_=String(),
-        )
-    raise ValueError(f"unsupported dialect {dialect!r}")
+    """The start of the 15-minute UTC bucket holding a stored time, as stored times are
+    (the backend's ``bucket_of``)."""
+    return backend_for(dialect).bucket_of(column)
 
 
 def archived_ip(column: ColumnElement[Any], dialect: str, mode: str) -> ColumnElement[Any]:
@@ -80,30 +66,12 @@ def archived_ip(column: ColumnElement[Any], dialect: str, mode: str) -> ColumnEl
         return null()
     if mode != "mask":
         raise ValueError(f"unsupported history IP mode {mode!r}")
-    if dialect == "postgresql":
-        # Stored addresses are canonical; a zone id ("fe80::1%eth0") is no inet.
-        address = cast(func.split_part(column, "%", 1), postgresql.INET())
-        return case(
-            (column.is_(None), null()),
-            (
-                func.family(address) == 4,
-                func.host(func.network(func.set_masklen(address, 24))),
-            ),
-            else_=func.host(func.network(func.set_masklen(address, 48))),
-        )
-    if dialect == "sqlite":
-        return case(
-            (column.is_(None), null()),
-            # Canonical IPv4: dropping the last number keeps the /24.
-            (func.instr(column, ":") == 0, func.rtrim(column, "0123456789").concat("0")),
-            else_=getattr(func, SQLITE_MASK_FUNCTION)(column),
-        )
-    raise ValueError(f"unsupported dialect {dialect!r}")
+    return backend_for(dialect).masked_ip(column)
 
 
 def row_upto(table: Table, dialect: str) -> ColumnElement[bool]:
     """``(expires_at, session_id) <=`` a bound read from the table, as stored."""
-    at_type: Any = String() if dialect == "sqlite" else UTCDateTime()
+    at_type: Any = String() if backend_for(dialect).times_as_text else UTCDateTime()
     bound = tuple_(bindparam("bound_at", type_=at_type), bindparam("bound_id", type_=String()))
     return tuple_(table.c.expires_at, table.c.session_id) <= bound
 
@@ -146,7 +114,7 @@ FOLDED = ("bucket_start", "sessions", "views", "events", "bounces", "identified"
 
 def fold_into(aggregates: Table, dialect: str, rows: Select[Any]) -> Insert:
     """Add per-bucket counts to the aggregates, bucket by bucket."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = backend_for(dialect).insert
     statement = insert(aggregates).from_select(list(FOLDED), rows)
     return statement.on_conflict_do_update(
         index_elements=[aggregates.c.bucket_start],
@@ -155,7 +123,7 @@ def fold_into(aggregates: Table, dialect: str, rows: Select[Any]) -> Insert:
 
 
 def count_revival(aggregates: Table, dialect: str, rows: Any = None) -> Insert:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = backend_for(dialect).insert
     bucket = bindparam("bucket", type_=UTCDateTime())
     if rows is None:
         statement = insert(aggregates).values(bucket_start=bucket, revived=literal_column("1"))
@@ -174,7 +142,7 @@ def archive(history: Table, dialect: str, names: list[str], rows: Select[Any]) -
     clock standing still, or a cleanup given a moment ahead) share a key: the one
     archived later, the latest state of that id, replaces the other.
     """
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = backend_for(dialect).insert
     statement = insert(history).from_select(names, rows)
     return statement.on_conflict_do_update(
         index_elements=[history.c.expires_at, history.c.session_id],

@@ -32,9 +32,9 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from sauce_sql import history_pg
+from sauce_sql.backends import backend_for
 from sauce_sql.history_sql import (
     archive,
     bound,
@@ -150,7 +150,7 @@ class HistoryStatements:
 
 def _create_fresh(live: Table, dialect: str) -> Insert:
     """A new session, unless any row (live or expired) holds the id: then no row."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = backend_for(dialect).insert
     zero = literal_column("0", BigInteger())
     values = insert(live).values(
         session_id=_sid,
@@ -174,7 +174,9 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
     names = [c.name for c in live.c]
     expired = live.c.expires_at <= _now
     retention_bound = bound(history, _cutoff)
-    if dialect == "postgresql":
+    backend = backend_for(dialect)
+    if backend.writable_ctes:
+        # Each move is one statement: DELETE ... RETURNING feeding the INSERT.
         ctid: ColumnElement[Any] = literal_column("ctid")
         victims = select(ctid).where(expired).limit(_batch).scalar_subquery()
         moved = (
@@ -220,8 +222,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             delete_live_session=None,
             delete_history_session=None,
         )
-    if dialect != "sqlite":
-        raise ValueError(f"unsupported dialect {dialect!r}")
+    # No data-modifying WITH: copy, then delete, in one transaction (history.py).
     upto = row_upto(live, dialect)
     history_upto = row_upto(history, dialect)
     history_past = history.c.expires_at <= _cutoff
@@ -275,7 +276,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         revive_existing=None,
         revive_existing_if_expired=None,
         live_expiry=select(live.c.expires_at).where(live.c.session_id == _sid),
-        restore=sqlite.insert(live).from_select(names, latest).returning(*live.c),
+        restore=backend.insert(live).from_select(names, latest).returning(*live.c),
         create_fresh=_create_fresh(live, dialect),
         create_archiving=None,
         archive_session=archive(

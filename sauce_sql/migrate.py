@@ -92,6 +92,7 @@ def migration_transaction(
 
 
 def _run(engine: Engine, table_name: str, action: Any, *args: Any) -> None:
+    backend_for(engine.dialect.name)  # refused before connecting (which may create a file)
     with engine.connect() as connection, migration_transaction(connection, table_name):
         action(make_config(table_name, connection), *args)
 
@@ -113,8 +114,9 @@ def is_current(engine: Engine, table_name: str) -> bool:
     script = ScriptDirectory.from_config(make_config(table_name))
     head = script.get_current_head()
     known = {revision.revision for revision in script.walk_revisions()}
+    read_schema = backend_for(engine.dialect.name).read_schema
     with engine.connect() as connection:
-        backend_for(connection.dialect.name).read_schema(connection)
+        read_schema(connection)
         revision = _owned_revision(connection, table_name, known)
         if revision == head:
             _check_columns(connection, table_name)

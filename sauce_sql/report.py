@@ -20,14 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Connection,
     Engine,
     Table,
     and_,
     case,
-    cast,
     func,
     inspect,
     select,
@@ -35,10 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import validation
+from sauce_sql.backends import backend_for
 from sauce_sql.browsers import browser_family
 from sauce_sql.engine import snapshot
 from sauce_sql.errors import InvalidInput, StoreUnavailable, unavailable
-from sauce_sql.history_sql import bucket_of
 from sauce_sql.redact import shown
 from sauce_sql.schema import (
     BUCKET_SECONDS,
@@ -149,13 +147,10 @@ def _local_day(moment: Any, tz: ZoneInfo) -> date:
 
 
 def _bucket_columns(table: Table, dialect: str) -> list[ColumnElement[Any]]:
-    """What a 15-minute UTC bucket of ``created_at`` is grouped by: on SQLite the hour's
-    text and the quarter (cheaper to group by than one formatted string); on PostgreSQL
-    the bucket's start."""
-    if dialect == "sqlite":
-        minute = cast(func.substr(table.c.created_at, 15, 2), BigInteger())
-        return [func.substr(table.c.created_at, 1, 13), minute // 15]
-    return [bucket_of(table.c.created_at, dialect)]
+    """What a 15-minute UTC bucket of ``created_at`` is grouped by (the backend's
+    ``bucket_keys``): on SQLite the hour's text and the quarter (cheaper to group by
+    than one formatted string); on PostgreSQL the bucket's start."""
+    return backend_for(dialect).bucket_keys(table.c.created_at)
 
 
 def _bucket_moment(key: Sequence[Any]) -> Any:

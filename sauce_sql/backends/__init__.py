@@ -19,13 +19,17 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Delete, Dialect, Engine, Table
+from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
+from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 
 from sauce_sql.backends.postgresql import dialect as postgresql
 from sauce_sql.backends.sqlite import dialect as sqlite
 from sauce_sql.errors import InvalidInput
 
-__all__ = ["BACKENDS", "Backend", "backend_for"]
+__all__ = ["BACKENDS", "Backend", "UpsertInsert", "backend_for"]
 
+#: An ``INSERT`` that knows ``ON CONFLICT`` (each dialect has its own).
+UpsertInsert = PostgresqlInsert | SQLiteInsert
 _Expression = Callable[[ColumnElement[Any]], ColumnElement[Any]]
 
 
@@ -72,7 +76,7 @@ class Backend:
         [Connection, str, float | None, Callable[[str], None]], AbstractContextManager[None]
     ]
     #: The ``INSERT`` construct that knows ``ON CONFLICT`` (the dialect's own).
-    insert: Callable[[Table], Any]
+    insert: Callable[[Table], UpsertInsert]
     #: ``(table, expired, batch)``: delete at most ``batch`` of the ``expired`` rows.
     delete_expired_batch: Callable[[Table, ColumnElement[bool], ColumnElement[Any]], Delete]
     #: ``(stored, now, expires)``: the expiry a lean increment writes, keeping a stored

@@ -47,7 +47,7 @@ def _tables(url: str, *names: str) -> Iterator[None]:
 
 
 def _fill_expired(store: Store, rows: int) -> None:
-    paramstyle = "qmark" if store.engine.dialect.name == "sqlite" else "pyformat"
+    paramstyle = store.engine.dialect.paramstyle
     with store.engine.connect() as connection:
         raw: Any = connection.connection.dbapi_connection
         work.insert_rows(

@@ -21,8 +21,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sauce_sql.backends.base import ConnectionLost, Held, HeldConnections, Raw, Result
 from sauce_sql.backends.sqlite import dialect as sqlite_setup
 from sauce_sql.backends.sqlite.checkpoints import BACKSTOP_FRAMES, LOG_SIZE_LIMIT
-from sauce_sql.backends.sqlite.dialect import configure_sqlite, is_memory
-from sauce_sql.history_sql import SQLITE_MASK_FUNCTION
+from sauce_sql.backends.sqlite.dialect import SQLITE_MASK_FUNCTION, configure_sqlite, is_memory
 from sauce_sql.prepared import Prepared
 from sauce_sql.privacy import mask_ip
 
