@@ -125,7 +125,10 @@ def _retire_batch(statements: HistoryPrepared, cutoff: datetime, rows: int) -> _
         return int(result[0][0]), not found
 
     def retire(run: Run) -> int:
-        run(_statement(statements, f"fold_{suffix}"), values)
+        # Counts, browser families and counter values of the same rows, then the rows:
+        # one transaction, so each session is in history or in the aggregates.
+        for fold in ("fold", "fold_browsers", "fold_values"):
+            run(_statement(statements, f"{fold}_{suffix}"), values)
         _, deleted = run(_statement(statements, f"drop_{suffix}"), values)
         return deleted
 

@@ -79,14 +79,14 @@ def test_upgrade_a_populated_0001_table_in_place_and_back(
     before = fill_0001(engine, table)
     assert len(before) == ROWS
 
-    migrate.upgrade(engine, table)
+    migrate.upgrade(engine, table, "0002")
     assert migrate.current(engine, table) == "0002"
     assert contents(engine, table) == before
     names = set(sa.inspect(engine).get_table_names())
     assert {f"{table}_history", f"{table}_aggregates"} <= names
     assert ["user_id"] in index_columns(engine, table)
     assert index_columns(engine, f"{table}_history") == [["session_id"], ["user_id"]]
-    migrate.check(engine, table)
+    migrate.upgrade(engine, table)
 
     clock = FakeClock(START)
     with Store(engine=engine, table_name=table, clean_interval=None, clock=clock) as store:
@@ -107,7 +107,7 @@ def test_upgrade_a_populated_0001_table_in_place_and_back(
     assert contents(engine, table) == live_after
 
     migrate.upgrade(engine, table)
-    assert migrate.current(engine, table) == "0002"
+    assert migrate.current(engine, table) == "0003"
     assert contents(engine, table) == live_after
     migrate.check(engine, table)
 
@@ -134,7 +134,8 @@ def test_two_tables_each_get_their_own_history(
         migrate.check(engine, table)
     finally:
         with engine.begin() as connection:
-            for name in (f"{other}_history", f"{other}_aggregates", other):
+            for suffix in ("_history", "_aggregates", "_agg_browsers", "_agg_values", ""):
+                name = f"{other}{suffix}"
                 connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
             connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{other}"')
 

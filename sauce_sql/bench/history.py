@@ -40,7 +40,7 @@ def _tables(url: str, *names: str) -> Iterator[None]:
             engine = sa.create_engine(url)
             with engine.begin() as connection:
                 for name in names:
-                    for suffix in ("_history", "_aggregates", ""):
+                    for suffix in ("_history", "_aggregates", "_agg_browsers", "_agg_values", ""):
                         connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}{suffix}"')
                     connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{name}"')
             engine.dispose()
