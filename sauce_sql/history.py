@@ -5,7 +5,9 @@
   :func:`sauce_sql.cleanup.delete_expired`), each batch one transaction, so a crash at
   any moment leaves every session exactly once.
 - Retention: history rows that expired more than ``history_max_age`` ago are folded
-  into ``<table>_aggregates`` and deleted, batch by batch, each batch one transaction.
+  into ``<table>_aggregates`` (counts), ``<table>_agg_browsers`` (browser families)
+  and ``<table>_agg_values`` (views and events values), and deleted, batch by batch,
+  each batch one transaction: the report's figures of their days stay as they were.
 - Revival reaches history: an id with no live or expired row but an archived one gets
   its latest archived session back, counters and created_at kept, and no copy stays.
 - Erasure: every row of a user or an id, live and archived, deleted at once.

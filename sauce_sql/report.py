@@ -5,7 +5,10 @@ aggregates history retention left of the rows it removed. Sessions are counted i
 15-minute UTC buckets of their ``created_at`` (in SQL), and the buckets are added up
 into the calendar days of the zone asked for (here): every IANA zone's offset is a
 whole number of quarter hours, so each bucket falls within one local day, and days of
-23 or 25 hours come out right.
+23 or 25 hours come out right. Medians, maxima and browser families of a period add
+the rows' histograms to the aggregates' (sessions per bucket and value, per bucket and
+family) of the buckets within the period's local midnights: a session is in either,
+never both, since retention folds and deletes it in one transaction.
 """
 
 from __future__ import annotations

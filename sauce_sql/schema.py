@@ -171,7 +171,8 @@ def aggregates_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None =
     History retention folds the sessions it removes into the bucket of their
     ``created_at`` (sessions, views, events, bounces, identified) before deleting them,
     so no past day's figures change; ``revived`` counts revivals of expired or archived
-    sessions in the bucket of the revival.
+    sessions in the bucket of the revival. Beside it, :func:`browser_aggregates_table`
+    and :func:`value_aggregates_table` keep what medians and browser families need.
     """
     metadata = MetaData() if metadata is None else metadata
     return Table(
