@@ -3,9 +3,10 @@ a 120-character token soup that changes with every release."""
 
 from __future__ import annotations
 
+import functools
 import re
 
-__all__ = ["FAMILY_RULES", "NO_AGENT", "OTHER", "browser_family"]
+__all__ = ["FAMILY_RULES", "NO_AGENT", "OTHER", "browser_family", "cached_family"]
 
 #: (family, pattern), matched case-insensitively; the first rule that matches names the
 #: family. Order matters: Edge and Opera say "Chrome" too, Chrome says "Safari", bots
@@ -43,3 +44,9 @@ def browser_family(user_agent: str) -> str:
         if pattern.search(user_agent):
             return family
     return OTHER
+
+
+#: :func:`browser_family` remembered per distinct user agent: a report or a retention
+#: batch sees few distinct agents, the same ones again and again, and the patterns
+#: cost far more than a lookup.
+cached_family = functools.lru_cache(maxsize=4096)(browser_family)

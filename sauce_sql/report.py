@@ -13,7 +13,6 @@ never both, since retention folds and deletes it in one transaction.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import validation
-from sauce_sql.browsers import browser_family
+from sauce_sql.browsers import cached_family
 from sauce_sql.engine import snapshot
 from sauce_sql.errors import InvalidInput, StoreUnavailable, unavailable
 from sauce_sql.history_sql import bucket_of
@@ -271,11 +270,6 @@ def _distribution(counts: Counter[int], total: int, summed: int) -> Distribution
     return Distribution(round(summed / total, 2), median, max(counts, default=0))
 
 
-#: Browser families per distinct user agent, not per row: a report sees few distinct
-#: agents, and the same ones again and again.
-_family = functools.lru_cache(maxsize=4096)(browser_family)
-
-
 def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
     """The first moment of ``day`` in ``tz``, in UTC (where midnight falls in a DST gap,
     the moment of the change)."""
@@ -382,7 +376,7 @@ def build_report(
     period = [sum(getattr(d, name) for d in shown_days) for name in _FIGURES[1:5]]
     views_sum, events_sum, bounces, identified = period
     for agent, n in agents.items():
-        families[_family(agent)] += n
+        families[cached_family(agent)] += n
     later = sum(sums[0] for day, sums in by_day.items() if day > today)
     return Report(
         table_name=table_name,
