@@ -96,6 +96,8 @@ class Backend:
     bucket_keys: Callable[[ColumnElement[Any]], list[ColumnElement[Any]]]
     #: A client IP masked to its /24 or /48, in SQL.
     masked_ip: _Expression
+    #: The browser family of a stored user agent, in SQL.
+    browser_family: _Expression
     #: Data-modifying statements in ``WITH`` (``DELETE ... RETURNING`` feeding an
     #: ``INSERT``): history then moves rows in one statement each, rather than
     #: copying and deleting in a transaction.
@@ -127,6 +129,7 @@ BACKENDS = {
         bucket_of=sqlite.bucket_of,
         bucket_keys=sqlite.bucket_keys,
         masked_ip=sqlite.masked_ip,
+        browser_family=sqlite.browser_family,
         writable_ctes=False,
         partitions=False,
     ),
@@ -152,6 +155,7 @@ BACKENDS = {
         bucket_of=postgresql.bucket_of,
         bucket_keys=postgresql.bucket_keys,
         masked_ip=postgresql.masked_ip,
+        browser_family=postgresql.browser_family,
         writable_ctes=True,
         partitions=True,
     ),

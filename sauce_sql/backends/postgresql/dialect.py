@@ -25,6 +25,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     Interval,
+    String,
     Table,
     any_,
     case,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     func,
+    literal,
     literal_column,
     null,
     select,
@@ -39,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from sauce_sql.browsers import FAMILY_RULES, NO_AGENT, OTHER
 from sauce_sql.errors import InvalidInput, StoreUnavailable
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "MISSING_DRIVER",
     "RESOLUTION_CAP",
     "RESOLUTION_SHARE",
+    "browser_family",
     "bucket_keys",
     "bucket_of",
     "create_store_engine",
@@ -249,3 +253,14 @@ def masked_ip(column: ColumnElement[Any]) -> ColumnElement[Any]:
         ),
         else_=func.host(func.network(func.set_masklen(address, 48))),
     )
+
+
+def browser_family(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The browser family of a stored user agent, as :func:`sauce_sql.browsers.browser_family`
+    names it: the same patterns as regular expressions (whose word boundary is ``\\y``,
+    not ``\\b``)."""
+    whens: list[tuple[ColumnElement[bool], Any]] = [(column == "", NO_AGENT)]
+    for family, pattern in FAMILY_RULES:
+        regex = literal(pattern.replace(r"\b", r"\y"), String())
+        whens.append((column.op("~*")(regex), family))
+    return case(*whens, else_=OTHER)

@@ -46,7 +46,9 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "DURABILITY_MODES",
     "MISSING_DRIVER",
+    "SQLITE_FAMILY_FUNCTION",
     "SQLITE_MASK_FUNCTION",
+    "browser_family",
     "bucket_keys",
     "bucket_of",
     "configure_sqlite",
@@ -70,6 +72,8 @@ DURABILITY_MODES = {"normal": "NORMAL", "full": "FULL"}
 BUSY_TIMEOUT_MS = 5000
 #: The SQL function the store registers on its SQLite connections to mask IPv6.
 SQLITE_MASK_FUNCTION = "sauce_sql_mask_ip"
+#: The SQL function the store registers on its SQLite connections to name browser families.
+SQLITE_FAMILY_FUNCTION = "sauce_sql_browser_family"
 MISSING_DRIVER = "Python's sqlite3 module is missing (this Python was built without it)"
 
 _UTC = timezone.utc
@@ -289,3 +293,10 @@ def masked_ip(column: ColumnElement[Any]) -> ColumnElement[Any]:
         (func.instr(column, ":") == 0, func.rtrim(column, "0123456789").concat("0")),
         else_=getattr(func, SQLITE_MASK_FUNCTION)(column),
     )
+
+
+def browser_family(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The browser family of a stored user agent: the store's own
+    :func:`sauce_sql.browsers.browser_family`, registered on each connection."""
+    named: ColumnElement[Any] = getattr(func, SQLITE_FAMILY_FUNCTION)(column, type_=String())
+    return named
