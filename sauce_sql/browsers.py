@@ -3,26 +3,31 @@ a 120-character token soup that changes with every release."""
 
 from __future__ import annotations
 
+import functools
 import re
 
-__all__ = ["browser_family"]
+__all__ = ["FAMILY_RULES", "NO_AGENT", "OTHER", "browser_family", "cached_family"]
 
-# Order matters: Edge and Opera say "Chrome" too, Chrome says "Safari", bots say
-# "Mozilla". The first rule that matches names the family.
+#: (family, pattern), matched case-insensitively; the first rule that matches names the
+#: family. Order matters: Edge and Opera say "Chrome" too, Chrome says "Safari", bots
+#: say "Mozilla". History retention classifies in SQL with the same patterns
+#: (:func:`sauce_sql.history_sql.family_of`).
+FAMILY_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "Bot or tool",
+        r"bot\b|crawl|spider|slurp|curl/|wget/|python-|httpx|go-http|okhttp|headless",
+    ),
+    ("Edge", r"\bEdg(e|A|iOS)?/"),
+    ("Opera", r"\bOPR/|\bOpera\b"),
+    ("Samsung Internet", r"SamsungBrowser/"),
+    ("Firefox", r"\b(Firefox|FxiOS)/"),
+    ("Chrome", r"\b(Chrome|CriOS|Chromium)/"),
+    ("Safari", r"\bVersion/[\d.]+.*Safari|\bSafari/|\bMobile/\w+ Safari"),
+)
+NO_AGENT = "(none)"
+OTHER = "Other"
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (family, re.compile(pattern, re.IGNORECASE))
-    for family, pattern in (
-        (
-            "Bot or tool",
-            r"bot\b|crawl|spider|slurp|curl/|wget/|python-|httpx|go-http|okhttp|headless",
-        ),
-        ("Edge", r"\bEdg(e|A|iOS)?/"),
-        ("Opera", r"\bOPR/|\bOpera\b"),
-        ("Samsung Internet", r"SamsungBrowser/"),
-        ("Firefox", r"\b(Firefox|FxiOS)/"),
-        ("Chrome", r"\b(Chrome|CriOS|Chromium)/"),
-        ("Safari", r"\bVersion/[\d.]+.*Safari|\bSafari/|\bMobile/\w+ Safari"),
-    )
+    (family, re.compile(pattern, re.IGNORECASE)) for family, pattern in FAMILY_RULES
 )
 
 
@@ -34,8 +39,14 @@ def browser_family(user_agent: str) -> str:
     'Firefox'
     """
     if not user_agent:
-        return "(none)"
+        return NO_AGENT
     for family, pattern in _RULES:
         if pattern.search(user_agent):
             return family
-    return "Other"
+    return OTHER
+
+
+#: :func:`browser_family` remembered per distinct user agent: a report or a retention
+#: batch sees few distinct agents, the same ones again and again, and the patterns
+#: cost far more than a lookup.
+cached_family = functools.lru_cache(maxsize=4096)(browser_family)

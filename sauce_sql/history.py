@@ -5,7 +5,9 @@
   :func:`sauce_sql.cleanup.delete_expired`), each batch one transaction, so a crash at
   any moment leaves every session exactly once.
 - Retention: history rows that expired more than ``history_max_age`` ago are folded
-  into ``<table>_aggregates`` and deleted, batch by batch, each batch one transaction.
+  into ``<table>_aggregates`` (counts), ``<table>_agg_browsers`` (browser families)
+  and ``<table>_agg_values`` (views and events values), and deleted, batch by batch,
+  each batch one transaction: the report's figures of their days stay as they were.
 - Revival reaches history: an id with no live or expired row but an archived one gets
   its latest archived session back, counters and created_at kept, and no copy stays.
 - Erasure: every row of a user or an id, live and archived, deleted at once.
@@ -125,7 +127,10 @@ def _retire_batch(statements: HistoryPrepared, cutoff: datetime, rows: int) -> _
         return int(result[0][0]), not found
 
     def retire(run: Run) -> int:
-        run(_statement(statements, f"fold_{suffix}"), values)
+        # Counts, browser families and counter values of the same rows, then the rows:
+        # one transaction, so each session is in history or in the aggregates.
+        for fold in ("fold", "fold_browsers", "fold_values"):
+            run(_statement(statements, f"{fold}_{suffix}"), values)
         _, deleted = run(_statement(statements, f"drop_{suffix}"), values)
         return deleted
 

@@ -27,7 +27,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from sauce_sql.history_sql import archive, copy_columns, count_revival, fold_into, folded
+from sauce_sql.history_sql import (
+    archive,
+    copy_columns,
+    count_revival,
+    fold_browsers,
+    fold_into,
+    fold_values,
+    folded,
+)
 from sauce_sql.schema import UTCDateTime
 
 __all__ = ["create_archiving", "forget", "retire", "revive", "revive_existing"]
@@ -181,10 +189,19 @@ def forget(live: Table, history: Table, condition: str) -> Select[Any]:
     return select(counts)
 
 
-def retire(history: Table, aggregates: Table, condition: ColumnElement[bool]) -> Select[Any]:
-    """Fold history rows into aggregates and delete them, in one statement; their count."""
+def retire(
+    history: Table,
+    aggregates: Table,
+    browsers: Table,
+    values: Table,
+    condition: ColumnElement[bool],
+) -> Select[Any]:
+    """Fold history rows into the aggregates (counts, browser families, counter values)
+    and delete them, in one statement; their count."""
     gone = delete(history).where(condition).returning(*history.c).cte("gone")
     folding = fold_into(
         aggregates, "postgresql", select(*folded(gone, "postgresql")).group_by(literal_column("1"))
     ).cte("folded")
-    return select(func.count()).select_from(gone).add_cte(folding)
+    families = fold_browsers(browsers, "postgresql", gone).cte("families")
+    counted = fold_values(values, "postgresql", gone).cte("counted_values")
+    return select(func.count()).select_from(gone).add_cte(folding, families, counted)

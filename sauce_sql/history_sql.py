@@ -22,16 +22,20 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    true,
     tuple_,
+    union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sauce_sql.schema import UTCDateTime
+from sauce_sql.browsers import FAMILY_RULES, NO_AGENT, OTHER
+from sauce_sql.schema import VALUE_COUNTERS, UTCDateTime
 
 __all__ = [
     "FOLDED",
     "HISTORY_IP_MODES",
     "KEY",
+    "SQLITE_FAMILY_FUNCTION",
     "SQLITE_MASK_FUNCTION",
     "archive",
     "archived_ip",
@@ -39,7 +43,10 @@ __all__ = [
     "bucket_of",
     "copy_columns",
     "count_revival",
+    "family_of",
+    "fold_browsers",
     "fold_into",
+    "fold_values",
     "folded",
     "row_upto",
     "uncopy",
@@ -50,6 +57,8 @@ __all__ = [
 HISTORY_IP_MODES = ("mask", "drop", "keep")
 #: The SQL function the store registers on its SQLite connections to mask IPv6.
 SQLITE_MASK_FUNCTION = "sauce_sql_mask_ip"
+#: The SQL function the store registers on its SQLite connections to name browser families.
+SQLITE_FAMILY_FUNCTION = "sauce_sql_browser_family"
 
 NOW = bindparam("now", type_=UTCDateTime())
 BATCH = bindparam("batch", type_=BigInteger())
@@ -101,6 +110,22 @@ def archived_ip(column: ColumnElement[Any], dialect: str, mode: str) -> ColumnEl
     raise ValueError(f"unsupported dialect {dialect!r}")
 
 
+def family_of(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    """The browser family of a stored user agent, as :func:`sauce_sql.browsers.browser_family`
+    names it: on SQLite that very function; on PostgreSQL the same patterns as regular
+    expressions (whose word boundary is ``\\y``, not ``\\b``)."""
+    if dialect == "sqlite":
+        named: ColumnElement[Any] = getattr(func, SQLITE_FAMILY_FUNCTION)(column, type_=String())
+        return named
+    if dialect != "postgresql":
+        raise ValueError(f"unsupported dialect {dialect!r}")
+    whens: list[tuple[ColumnElement[bool], Any]] = [(column == "", NO_AGENT)]
+    for family, pattern in FAMILY_RULES:
+        regex = literal(pattern.replace(r"\b", r"\y"), String())
+        whens.append((column.op("~*")(regex), family))
+    return case(*whens, else_=OTHER)
+
+
 def row_upto(table: Table, dialect: str) -> ColumnElement[bool]:
     """``(expires_at, session_id) <=`` a bound read from the table, as stored."""
     at_type: Any = String() if dialect == "sqlite" else UTCDateTime()
@@ -142,6 +167,58 @@ def folded(history: Any, dialect: str) -> list[ColumnElement[Any]]:
 
 
 FOLDED = ("bucket_start", "sessions", "views", "events", "bounces", "identified")
+_ONE: ColumnElement[Any] = literal_column("1")
+_TWO: ColumnElement[Any] = literal_column("2")
+_THREE: ColumnElement[Any] = literal_column("3")
+
+
+def fold_browsers(table: Table, dialect: str, history: Any, where: Any = None) -> Insert:
+    """Add the sessions of ``history`` rows (a table or CTE; those matching ``where``)
+    to ``table`` (:func:`~sauce_sql.schema.browser_aggregates_table`) per bucket and
+    browser family."""
+    rows = select(
+        bucket_of(history.c.created_at, dialect).label("bucket_start"),
+        family_of(history.c.user_agent, dialect).label("family"),
+        func.count().label("sessions"),
+    )
+    if where is not None:
+        rows = rows.where(where)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table).from_select(
+        ["bucket_start", "family", "sessions"], rows.group_by(_ONE, _TWO)
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.bucket_start, table.c.family],
+        set_={"sessions": table.c.sessions + statement.excluded.sessions},
+    )
+
+
+def fold_values(table: Table, dialect: str, history: Any, where: Any = None) -> Insert:
+    """Add the sessions of ``history`` rows (a table or CTE; those matching ``where``)
+    to ``table`` (:func:`~sauce_sql.schema.value_aggregates_table`) per bucket, counter
+    and value."""
+    parts = []
+    for name, column in zip(
+        VALUE_COUNTERS, (history.c.view_sequence, history.c.event_sequence), strict=True
+    ):
+        part = select(
+            bucket_of(history.c.created_at, dialect).label("bucket_start"),
+            literal(name, String()).label("counter"),
+            column.label("value"),
+            func.count().label("sessions"),
+        )
+        if where is not None:
+            part = part.where(where)
+        parts.append(part.group_by(_ONE, _THREE))
+    both = union_all(*parts).subquery("counted")
+    # SQLite reads ON CONFLICT after a bare SELECT as a join's ON: a WHERE settles it.
+    rows = select(*both.c).where(true())
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table).from_select(["bucket_start", "counter", "value", "sessions"], rows)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.bucket_start, table.c.counter, table.c.value],
+        set_={"sessions": table.c.sessions + statement.excluded.sessions},
+    )
 
 
 def fold_into(aggregates: Table, dialect: str, rows: Select[Any]) -> Insert:

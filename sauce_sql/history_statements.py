@@ -40,7 +40,9 @@ from sauce_sql.history_sql import (
     bound,
     copy_columns,
     count_revival,
+    fold_browsers,
     fold_into,
+    fold_values,
     folded,
     row_upto,
     uncopy,
@@ -48,8 +50,10 @@ from sauce_sql.history_sql import (
 from sauce_sql.schema import (
     UTCDateTime,
     aggregates_table,
+    browser_aggregates_table,
     history_table,
     sessions_table,
+    value_aggregates_table,
 )
 
 __all__ = ["HistoryStatements", "build_history"]
@@ -85,6 +89,10 @@ class HistoryStatements:
     retire_rest: Select[Any] | None
     fold_upto: Insert | None
     fold_rest: Insert | None
+    fold_browsers_upto: Insert | None
+    fold_browsers_rest: Insert | None
+    fold_values_upto: Insert | None
+    fold_values_rest: Insert | None
     drop_upto: Delete | None
     drop_rest: Delete | None
     # Revival from history.
@@ -126,6 +134,10 @@ class HistoryStatements:
         "retire_rest": ("cutoff",),
         "fold_upto": _BOUND,
         "fold_rest": ("cutoff",),
+        "fold_browsers_upto": _BOUND,
+        "fold_browsers_rest": ("cutoff",),
+        "fold_values_upto": _BOUND,
+        "fold_values_rest": ("cutoff",),
         "drop_upto": _BOUND,
         "drop_rest": ("cutoff",),
         "revive": (*_REVIVE, "bucket"),
@@ -171,6 +183,8 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
     live = sessions_table(table_name)
     history = history_table(table_name)
     aggregates = aggregates_table(table_name)
+    browsers = browser_aggregates_table(table_name)
+    values = value_aggregates_table(table_name)
     names = [c.name for c in live.c]
     expired = live.c.expires_at <= _now
     retention_bound = bound(history, _cutoff)
@@ -196,10 +210,18 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             uncopy_upto=None,
             uncopy_rest=None,
             retention_bound=retention_bound,
-            retire_upto=history_pg.retire(history, aggregates, row_upto(history, dialect)),
-            retire_rest=history_pg.retire(history, aggregates, history.c.expires_at <= _cutoff),
+            retire_upto=history_pg.retire(
+                history, aggregates, browsers, values, row_upto(history, dialect)
+            ),
+            retire_rest=history_pg.retire(
+                history, aggregates, browsers, values, history.c.expires_at <= _cutoff
+            ),
             fold_upto=None,
             fold_rest=None,
+            fold_browsers_upto=None,
+            fold_browsers_rest=None,
+            fold_values_upto=None,
+            fold_values_rest=None,
             drop_upto=None,
             drop_rest=None,
             revive=history_pg.revive(live, history, aggregates, only_if_expired=False),
@@ -268,6 +290,10 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         retire_rest=None,
         fold_upto=fold_where(history_upto),
         fold_rest=fold_where(history_past),
+        fold_browsers_upto=fold_browsers(browsers, dialect, history, history_upto),
+        fold_browsers_rest=fold_browsers(browsers, dialect, history, history_past),
+        fold_values_upto=fold_values(values, dialect, history, history_upto),
+        fold_values_rest=fold_values(values, dialect, history, history_past),
         drop_upto=delete(history).where(history_upto),
         drop_rest=delete(history).where(history_past),
         revive=None,

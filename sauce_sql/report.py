@@ -5,12 +5,14 @@ aggregates history retention left of the rows it removed. Sessions are counted i
 15-minute UTC buckets of their ``created_at`` (in SQL), and the buckets are added up
 into the calendar days of the zone asked for (here): every IANA zone's offset is a
 whole number of quarter hours, so each bucket falls within one local day, and days of
-23 or 25 hours come out right.
+23 or 25 hours come out right. Medians, maxima and browser families of a period add
+the rows' histograms to the aggregates' (sessions per bucket and value, per bucket and
+family) of the buckets within the period's local midnights: a session is in either,
+never both, since retention folds and deletes it in one transaction.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from sauce_sql import validation
-from sauce_sql.browsers import browser_family
+from sauce_sql.browsers import cached_family
 from sauce_sql.engine import snapshot
 from sauce_sql.errors import InvalidInput, StoreUnavailable, unavailable
 from sauce_sql.history_sql import bucket_of
@@ -43,8 +45,10 @@ from sauce_sql.redact import shown
 from sauce_sql.schema import (
     BUCKET_SECONDS,
     aggregates_table,
+    browser_aggregates_table,
     history_table,
     sessions_table,
+    value_aggregates_table,
 )
 
 __all__ = [
@@ -105,9 +109,11 @@ class Report:
     #: Sessions started before the first of those days: with the days, every session.
     sessions_before_those_days: int
     #: The figures below are those of the sessions started in the days asked for (the
-    #: period, as in most analytics tools). Means and shares count every such session;
-    #: medians, maxima, browsers and user agents count those still held row by row,
-    #: which is all of them unless the period reaches back past ``history_max_age``.
+    #: period, as in most analytics tools), every such session counted whether its row
+    #: is held or history retention folded it into the aggregates; only sessions
+    #: retired before schema revision 0003 left no browser family or counter values,
+    #: so medians, maxima and browsers leave those out. User agents (not kept in the
+    #: aggregates) count the sessions still held row by row.
     views_per_session: Distribution
     events_per_session: Distribution
     identified_share: float
@@ -216,9 +222,39 @@ def _period_rows(
     return views, events, agents
 
 
+def _period_aggregates(
+    connection: Connection, table_name: str, present: set[str], start: datetime, end: datetime
+) -> tuple[Counter[int], Counter[int], Counter[str]]:
+    """Views and events histograms and browser-family counts that retention kept of
+    the sessions started in [start, end) (local midnights, so bucket boundaries)."""
+    views: Counter[int] = Counter()
+    events: Counter[int] = Counter()
+    families: Counter[str] = Counter()
+    values = value_aggregates_table(table_name)
+    if values.name in present:
+        c = values.c
+        for counter, value, n in connection.execute(
+            select(c.counter, c.value, func.sum(c.sessions))
+            .where(c.bucket_start >= start, c.bucket_start < end)
+            .group_by(c.counter, c.value)
+        ):
+            (views if counter == "views" else events)[int(value)] += int(n)
+    browsers = browser_aggregates_table(table_name)
+    if browsers.name in present:
+        c = browsers.c
+        for family, n in connection.execute(
+            select(c.family, func.sum(c.sessions))
+            .where(c.bucket_start >= start, c.bucket_start < end)
+            .group_by(c.family)
+        ):
+            families[family] += int(n)
+    return views, events, families
+
+
 def _distribution(counts: Counter[int], total: int, summed: int) -> Distribution:
     """The mean over every session (``summed / total``), and the median and maximum
-    over the sessions held row by row (``counts``)."""
+    over the sessions whose values are known (``counts``: held row by row, or kept
+    value by value in the aggregates)."""
     held = sum(counts.values())
     if not total:
         return Distribution(0.0, 0.0, 0)
@@ -232,11 +268,6 @@ def _distribution(counts: Counter[int], total: int, summed: int) -> Distribution
             middle.pop(0)
     median = sum(values) / len(values) if values else 0.0
     return Distribution(round(summed / total, 2), median, max(counts, default=0))
-
-
-#: Browser families per distinct user agent, not per row: a report sees few distinct
-#: agents, and the same ones again and again.
-_family = functools.lru_cache(maxsize=4096)(browser_family)
 
 
 def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
@@ -284,6 +315,7 @@ def build_report(
     views: Counter[int] = Counter()
     events: Counter[int] = Counter()
     agents: Counter[str] = Counter()
+    families: Counter[str] = Counter()
     total = revived = 0
     try:
         with snapshot(engine) as connection:
@@ -319,6 +351,8 @@ def build_report(
                 ).one()
                 total += int(summed[0])
                 revived = int(summed[1])
+            more = _period_aggregates(connection, table_name, present, start, end)
+            views, events, families = views + more[0], events + more[1], more[2]
             live_count = connection.scalar(
                 select(func.count()).select_from(live).where(live.c.expires_at > now)
             )
@@ -341,9 +375,8 @@ def build_report(
     in_days = sum(d.sessions for d in shown_days)
     period = [sum(getattr(d, name) for d in shown_days) for name in _FIGURES[1:5]]
     views_sum, events_sum, bounces, identified = period
-    families: Counter[str] = Counter()
     for agent, n in agents.items():
-        families[_family(agent)] += n
+        families[cached_family(agent)] += n
     later = sum(sums[0] for day, sums in by_day.items() if day > today)
     return Report(
         table_name=table_name,

@@ -39,8 +39,12 @@ __all__ = [
     "BUCKET_SECONDS",
     "SessionRecord",
     "UTCDateTime",
+    "VALUE_COUNTERS",
+    "FAMILY_MAX_LENGTH",
     "aggregates_table",
     "aggregates_table_name",
+    "browser_aggregates_table",
+    "value_aggregates_table",
     "history_table",
     "history_table_name",
     "sessions_table",
@@ -57,6 +61,10 @@ IP_MAX_LENGTH = 64
 BUCKET_SECONDS = 900
 #: The counters of an aggregates bucket, each a sum that adds across buckets.
 AGGREGATE_COUNTERS = ("sessions", "views", "events", "bounces", "identified", "revived")
+#: The per-session counters whose distributions (median, maximum) the value aggregates keep.
+VALUE_COUNTERS = ("views", "events")
+#: Longer than any name :func:`sauce_sql.browsers.browser_family` gives.
+FAMILY_MAX_LENGTH = 32
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -163,7 +171,8 @@ def aggregates_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None =
     History retention folds the sessions it removes into the bucket of their
     ``created_at`` (sessions, views, events, bounces, identified) before deleting them,
     so no past day's figures change; ``revived`` counts revivals of expired or archived
-    sessions in the bucket of the revival.
+    sessions in the bucket of the revival. Beside it, :func:`browser_aggregates_table`
+    and :func:`value_aggregates_table` keep what medians and browser families need.
     """
     metadata = MetaData() if metadata is None else metadata
     return Table(
@@ -178,12 +187,45 @@ def aggregates_table(name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None =
     )
 
 
-def store_tables(name: str, metadata: MetaData) -> tuple[Table, Table, Table]:
+def browser_aggregates_table(name: str, metadata: MetaData | None = None) -> Table:
+    """Build ``<name>_agg_browsers``: sessions per 15-minute UTC bucket of their
+    ``created_at`` and browser family, for the sessions history retention removed."""
+    metadata = MetaData() if metadata is None else metadata
+    return Table(
+        f"{name}_agg_browsers",
+        metadata,
+        Column("bucket_start", UTCDateTime, primary_key=True),
+        Column("family", String(FAMILY_MAX_LENGTH), primary_key=True),
+        Column("sessions", BigInteger, nullable=False, server_default="0"),
+        sqlite_with_rowid=False,
+    )
+
+
+def value_aggregates_table(name: str, metadata: MetaData | None = None) -> Table:
+    """Build ``<name>_agg_values``: sessions per 15-minute UTC bucket, counter
+    (``views`` or ``events``) and value of that counter, for the sessions history
+    retention removed. A bucket holds few distinct values, and with every value kept
+    the median and maximum over any set of buckets are exact."""
+    metadata = MetaData() if metadata is None else metadata
+    return Table(
+        f"{name}_agg_values",
+        metadata,
+        Column("bucket_start", UTCDateTime, primary_key=True),
+        Column("counter", String(8), primary_key=True),
+        Column("value", BigInteger, primary_key=True),
+        Column("sessions", BigInteger, nullable=False, server_default="0"),
+        sqlite_with_rowid=False,
+    )
+
+
+def store_tables(name: str, metadata: MetaData) -> tuple[Table, ...]:
     """The live, history and aggregates tables of ``name``, in ``metadata``."""
     return (
         sessions_table(name, metadata),
         history_table(name, metadata),
         aggregates_table(name, metadata),
+        browser_aggregates_table(name, metadata),
+        value_aggregates_table(name, metadata),
     )
 
 

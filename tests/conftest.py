@@ -86,7 +86,7 @@ def drop_tables(url: str, *table_names: str) -> None:
         with engine.begin() as connection:
             for name in table_names:
                 # History first: on PostgreSQL its partitions go with it.
-                for suffix in ("_history", "_aggregates", ""):
+                for suffix in ("_history", "_aggregates", "_agg_browsers", "_agg_values", ""):
                     connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}{suffix}"')
                 connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{name}"')
     finally:

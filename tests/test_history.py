@@ -339,7 +339,7 @@ def test_history_tables_belong_to_their_table(
     finally:
         engine = sa.create_engine(backend.direct_url)
         with engine.begin() as connection:
-            for suffix in ("_history", "_aggregates", ""):
+            for suffix in ("_history", "_aggregates", "_agg_browsers", "_agg_values", ""):
                 connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{other_name}{suffix}"')
             connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{other_name}"')
         engine.dispose()

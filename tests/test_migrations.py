@@ -29,7 +29,7 @@ from sauce_sql.engine import create_store_engine, parse_url
 REPO = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = REPO / "alembic.ini"
 ALEMBIC = Path(sys.executable).with_name("alembic")
-HEAD = "0002"
+HEAD = "0003"
 COLUMNS = {
     "session_id",
     "user_agent",
@@ -391,6 +391,8 @@ def test_concurrent_migrations_of_one_table_from_four_processes(
             backend_table,
             f"{backend_table}_history",
             f"{backend_table}_aggregates",
+            f"{backend_table}_agg_browsers",
+            f"{backend_table}_agg_values",
             migrate.version_table(backend_table),
         ]
     )

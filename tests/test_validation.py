@@ -332,6 +332,8 @@ def test_table_names_differing_in_case_are_one_table(shared_backend: Backend) ->
         lower,
         f"{lower}_history",
         f"{lower}_aggregates",
+        f"{lower}_agg_browsers",
+        f"{lower}_agg_values",
         f"alembic_version_{lower}",
     }
 

@@ -21,8 +21,9 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sauce_sql import engine as sqlite_setup
 from sauce_sql.backends.base import ConnectionLost, Held, HeldConnections, Raw, Result
 from sauce_sql.backends.sqlite.checkpoints import BACKSTOP_FRAMES, LOG_SIZE_LIMIT
+from sauce_sql.browsers import cached_family
 from sauce_sql.engine import configure_sqlite, is_memory
-from sauce_sql.history_sql import SQLITE_MASK_FUNCTION
+from sauce_sql.history_sql import SQLITE_FAMILY_FUNCTION, SQLITE_MASK_FUNCTION
 from sauce_sql.prepared import Prepared
 from sauce_sql.privacy import mask_ip
 
@@ -80,6 +81,8 @@ class SQLiteConnections(HeldConnections):
             configure_sqlite(dbapi, durability=self._durability, memory=self._memory)
             # Archiving masks IPv6 addresses with it (history_sql).
             dbapi.create_function(SQLITE_MASK_FUNCTION, 1, mask_ip, deterministic=True)
+            # Retention names the browser families of the sessions it folds with it.
+            dbapi.create_function(SQLITE_FAMILY_FUNCTION, 1, cached_family, deterministic=True)
             if not self._memory:
                 # The store's thread checkpoints (checkpoints.py); the connection's own
                 # checkpoint only backs it up.
