@@ -23,7 +23,7 @@ from sauce_sql.engine import URL_SHOWN
 from sauce_sql.errors import SauceSQLError, SessionExists, SessionNotFound, StoreUnavailable
 from sauce_sql.models import AnalyticsSession, ReviveSession, SequenceType, StoreState
 from sauce_sql.ops import Operation
-from sauce_sql.prepared import Prepared, row_reader
+from sauce_sql.prepared import Prepared, instance_reader, row_reader
 from sauce_sql.redact import safe_url, shown
 from sauce_sql.schema import sessions_table
 
@@ -31,7 +31,7 @@ __all__ = ["PreparedStatements", "StoreCore"]
 
 
 class PreparedStatements:
-    """The store's statements compiled for its dialect, and the row reader."""
+    """The store's statements compiled for its dialect, and the row readers."""
 
     def __init__(self, dialect: Dialect, config: StoreConfig) -> None:
         table = sessions_table(config.table_name)
@@ -40,6 +40,7 @@ class PreparedStatements:
             names = built.PARAMETERS[field.name]
             setattr(self, field.name, Prepared(getattr(built, field.name), dialect, names))
         self.read_row = row_reader(list(table.c), dialect)
+        self.read_session = instance_reader(list(table.c), dialect, AnalyticsSession)
 
     select_live: Prepared
     exists_live: Prepared
@@ -162,7 +163,7 @@ class StoreCore:
             raise SessionNotFound(values["sid"])
 
     def _session(self, row: Any) -> AnalyticsSession:
-        return AnalyticsSession(*self._statements().read_row(row))
+        return self._statements().read_session(row)
 
     def _write_values(
         self, sid: str, user_agent: object, client_ip: object, user_id: object

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, text
 from sauce_sql import validation
 from sauce_sql.backends import backend_for
 from sauce_sql.migrate import migration_transaction
-from sauce_sql.schema import history_table_name
+from sauce_sql.schema import USER_INDEX_WHERE, history_table_name
 
 __all__ = ["ensure_partitions", "is_partitioned", "partition_history"]
 
@@ -105,7 +105,8 @@ def partition_history(
             f'ALTER TABLE "{history}" ADD CONSTRAINT "pk_{history}"'
             " PRIMARY KEY (expires_at, session_id)",
             f'CREATE INDEX "ix_{history}_session_id" ON "{history}" (session_id)',
-            f'CREATE INDEX "ix_{history}_user_id" ON "{history}" (user_id)',
+            f'CREATE INDEX "ix_{history}_user_id" ON "{history}" (user_id)'
+            f" WHERE {USER_INDEX_WHERE}",
             f'CREATE TABLE "{history}_default" PARTITION OF "{history}" DEFAULT',
         ):
             connection.execute(text(statement))

@@ -16,10 +16,10 @@ row.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timezone
-from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Dialect, Select
 from sqlalchemy.sql import ClauseElement
@@ -31,6 +31,7 @@ from sauce_sql.schema import UTCDateTime
 
 __all__ = [
     "Prepared",
+    "instance_reader",
     "row_reader",
     "utc_passthrough",
 ]
@@ -38,6 +39,7 @@ __all__ = [
 _Processor = Callable[[Any], Any]
 # A backend's own (bind, result) converters of UTCDateTime values, if it has them.
 _Own = tuple[_Processor, _Processor] | None
+T = TypeVar("T")
 _UTC = timezone.utc
 
 
@@ -109,6 +111,80 @@ def row_reader(
     return read
 
 
+def instance_reader(
+    columns: Sequence[ColumnElement[Any]], dialect: Dialect, cls: type[T]
+) -> Callable[[Sequence[Any]], T]:
+    """A function turning a raw driver row of ``columns`` into a ``cls``: a slotted
+    dataclass whose fields are the columns, in order, and that has no ``__post_init__``.
+
+    Each lookup builds one such value, and a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__`` after unpacking a list: the function generated
+    here unpacks the row once and sets the slots straight, which does the same in
+    about half the time.
+    """
+    names = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if names != [c.name for c in columns] or getattr(cls, "__post_init__", None):
+        raise AssertionError(f"{cls.__name__} does not mirror the columns {names}")
+    scope: dict[str, Any] = {"cls": cls, "new": object.__new__}
+    lines = [f"def read(row):\n    {', '.join(f'a{i}' for i in range(len(names)))}, = row"]
+    lines.append("    made = new(cls)")
+    own = _own_datetimes(dialect)
+    for i, (name, column) in enumerate(zip(names, columns, strict=True)):
+        scope[f"set{i}"] = getattr(cls, name).__set__
+        value = f"a{i}"
+        process = _result_processor(column.type, dialect, own)
+        if process is not None:
+            scope[f"process{i}"] = process
+            value = f"process{i}({value})"
+        lines.append(f"    set{i}(made, {value})")
+    lines.append("    return made")
+    read: Callable[[Sequence[Any]], T] = _compiled("\n".join(lines), scope, "read")
+    return read
+
+
+def _compiled(source: str, scope: dict[str, Any], name: str) -> Any:
+    """The function ``name`` that ``source`` defines, its globals ``scope`` (the way
+    dataclasses and namedtuple build theirs: no loop or lookup left at call time)."""
+    # The source is built from column and bind parameter names only.
+    exec(source, scope)
+    return scope[name]
+
+
+def _parameters_function(
+    order: Sequence[str],
+    processors: Mapping[str, _Processor | None],
+    constants: Mapping[str, Any],
+    *,
+    positional: bool,
+) -> Callable[[Mapping[str, Any]], tuple[Any, ...] | dict[str, Any]]:
+    """A function from the named runtime values to the driver's parameters: a tuple in
+    ``order`` (positional) or a dict (named), constants filled in. Each runtime value is
+    read and converted once, even when the statement uses it twice."""
+    scope: dict[str, Any] = {}
+    lines = ["def parameters(values):"]
+    local: dict[str, str] = {}
+    for i, (name, process) in enumerate(processors.items()):
+        local[name] = f"v{i}"
+        if process is None:
+            lines.append(f"    v{i} = values[{name!r}]")
+        else:
+            scope[f"process{i}"] = process
+            lines.append(f"    v{i} = process{i}(values[{name!r}])")
+    for i, (name, value) in enumerate(constants.items()):
+        scope[f"constant{i}"] = value
+        local[name] = f"constant{i}"
+    if positional:
+        items = "".join(f"{local[name]}, " for name in order)
+        lines.append(f"    return ({items})")
+    else:
+        items = ", ".join(f"{name!r}: {local[name]}" for name in (*constants, *processors))
+        lines.append(f"    return {{{items}}}")
+    return cast(
+        "Callable[[Mapping[str, Any]], tuple[Any, ...] | dict[str, Any]]",
+        _compiled("\n".join(lines), scope, "parameters"),
+    )
+
+
 class Prepared:
     """One statement compiled for one dialect, with its parameters' converters.
 
@@ -120,10 +196,7 @@ class Prepared:
 
     __slots__ = (
         "_constants",
-        "_converted",
         "_order",
-        "_pick",
-        "_plain",
         "parameters",
         "returns_rows",
         "sql",
@@ -143,10 +216,6 @@ class Prepared:
             raise AssertionError(f"parameters {sorted(unknown)} are not in: {self.sql}")
         own = _own_datetimes(dialect)
         processors = {name: _bind_processor(binds[name].type, dialect, own) for name in names}
-        # Values needing no conversion are copied as they are; converting each name
-        # once matters because a statement may use ``now`` twice.
-        self._plain = tuple(name for name, process in processors.items() if process is None)
-        self._converted = tuple((n, p) for n, p in processors.items() if p is not None)
         self._constants: dict[str, Any] = {}
         positional = dialect.positional
         order = tuple(compiled.positiontup or ()) if positional else tuple(binds)
@@ -160,18 +229,6 @@ class Prepared:
         self._order = order
         self.parameters: Callable[[Mapping[str, Any]], tuple[Any, ...] | dict[str, Any]]
         """The driver's parameters for one execution of the statement."""
-        self.parameters = self._positional if positional else self._convert
-        self._pick: Callable[[dict[str, Any]], Any] = itemgetter(*order) if order else tuple
-
-    def _positional(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        picked = self._pick(self._convert(values))
-        # itemgetter of one name returns the value itself, not a 1-tuple.
-        return picked if len(self._order) != 1 else (picked,)
-
-    def _convert(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        converted = self._constants.copy()
-        for name in self._plain:
-            converted[name] = values[name]
-        for name, process in self._converted:
-            converted[name] = process(values[name])
-        return converted
+        self.parameters = _parameters_function(
+            order, processors, self._constants, positional=positional
+        )

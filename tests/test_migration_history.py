@@ -107,7 +107,7 @@ def test_upgrade_a_populated_0001_table_in_place_and_back(
     assert contents(engine, table) == live_after
 
     migrate.upgrade(engine, table)
-    assert migrate.current(engine, table) == "0003"
+    assert migrate.current(engine, table) == "0004"
     assert contents(engine, table) == live_after
     migrate.check(engine, table)
 
@@ -205,6 +205,7 @@ def test_upgrade_a_populated_0002_database_to_0003_in_place_and_back(
     assert populated() == before
     names = set(sa.inspect(engine).get_table_names())
     assert {f"{table}_agg_browsers", f"{table}_agg_values"} <= names
+    migrate.upgrade(engine, table)  # on to the head, as a store starting here would
     migrate.check(engine, table)
 
     with Store(
@@ -229,6 +230,80 @@ def test_upgrade_a_populated_0002_database_to_0003_in_place_and_back(
     assert f"{table}_agg_values" not in names
     assert populated() == after
     migrate.upgrade(engine, table)
-    assert migrate.current(engine, table) == "0003"
+    assert migrate.current(engine, table) == "0004"
     assert populated() == after
     migrate.check(engine, table)
+
+
+def user_index_predicates(engine: sa.Engine, table: str) -> str | None:
+    """The WHERE clause of ``table``'s user_id index as the database keeps it (None
+    for a full index)."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            sql = connection.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = ?", (f"ix_{table}_user_id",)
+            ).scalar_one()
+            return sql.split(" WHERE ", 1)[1] if " WHERE " in sql else None
+        definition = connection.exec_driver_sql(
+            "SELECT pg_get_indexdef(%s::regclass)", (f'"ix_{table}_user_id"',)
+        ).scalar_one()
+        return definition.split(" WHERE ", 1)[1] if " WHERE " in definition else None
+
+
+def test_0004_makes_the_user_indexes_partial_on_a_populated_database(
+    persistent_backend: Backend, engine: sa.Engine
+) -> None:
+    """0002 -> 0004 rebuilds both user_id indexes for identified rows only, keeps every
+    row, and forget_user still finds a user's live and archived sessions through them;
+    0004 -> 0002 makes them full again, rows kept."""
+    table = persistent_backend.table_name
+    before = fill_0001(engine, table)
+    migrate.upgrade(engine, table, "0002")
+    # Half the rows archived (the even ids, the expired ones), as cleanup would.
+    names = ", ".join((*contents_columns(), "last_modified"))
+    even = "substr(session_id, 5) IN ('0', '2', '4', '6', '8')"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            f'INSERT INTO "{table}_history" ({names}) SELECT {names} FROM "{table}" WHERE {even}'
+        )
+        connection.exec_driver_sql(f'DELETE FROM "{table}" WHERE {even}')
+    live_before, history_before = contents(engine, table), contents(engine, f"{table}_history")
+    assert user_index_predicates(engine, table) is None
+
+    migrate.upgrade(engine, table)
+    assert migrate.current(engine, table) == "0004"
+    for name in (table, f"{table}_history"):
+        predicate = user_index_predicates(engine, name)
+        assert predicate is not None
+        assert "user_id IS NOT NULL" in predicate.replace("(", "")
+    assert contents(engine, table) == live_before
+    assert contents(engine, f"{table}_history") == history_before
+    migrate.check(engine, table)
+    clock = FakeClock(START)
+    with Store(engine=engine, table_name=table, clean_interval=None, clock=clock) as store:
+        expected = sum(1 for row in before if row[3] == "u1")
+        assert store.forget_user("u1") == expected
+    after = contents(engine, table), contents(engine, f"{table}_history")
+    assert not any(row[3] == "u1" for rows in after for row in rows)
+
+    migrate.downgrade(engine, table, "0002")
+    assert migrate.current(engine, table) == "0002"
+    assert user_index_predicates(engine, table) is None
+    assert user_index_predicates(engine, f"{table}_history") is None
+    assert (contents(engine, table), contents(engine, f"{table}_history")) == after
+    migrate.upgrade(engine, table)
+    assert migrate.current(engine, table) == "0004"
+
+
+def contents_columns() -> tuple[str, ...]:
+    """The columns :func:`contents` reads, in its order."""
+    return (
+        "session_id",
+        "user_agent",
+        "client_ip",
+        "user_id",
+        "view_sequence",
+        "event_sequence",
+        "created_at",
+        "expires_at",
+    )

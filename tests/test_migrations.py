@@ -29,7 +29,7 @@ from sauce_sql.engine import create_store_engine, parse_url
 REPO = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = REPO / "alembic.ini"
 ALEMBIC = Path(sys.executable).with_name("alembic")
-HEAD = "0003"
+HEAD = "0004"
 COLUMNS = {
     "session_id",
     "user_agent",

@@ -143,7 +143,7 @@ def test_installed_wheel_migrates_and_runs_the_demo_away_from_the_checkout(
     ).stdout.strip()
     assert Path(where).is_relative_to(env_dir.resolve())  # the shipped copy, not the checkout's
 
-    assert "0002" in run("migrate", "--url", "sqlite:///x.db")
+    assert "0004" in run("migrate", "--url", "sqlite:///x.db")
     assert (elsewhere / "x.db").exists()
     assert '"live_sessions": 0' in run("report", "--json", "--url", "sqlite:///x.db")
     demo = run("demo")

@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.bench import workloads as work
 from sauce_sql.report import build_report
 from sauce_sql.schema import history_table
@@ -47,16 +48,30 @@ def _tables(url: str, *names: str) -> Iterator[None]:
 
 
 def _fill_expired(store: Store, rows: int) -> None:
-    paramstyle = store.engine.dialect.paramstyle
+    """``rows`` sessions that expired over the last hour, one in four of them
+    identified, as a real backlog is: each of them its own expiry time (history's key
+    then grows at its end, as it does in use) and only identified ones in the partial
+    user_id indexes."""
+    table = store.get_state().table_name
+    sqlite = store.engine.dialect.name == "sqlite"
+    now = datetime.now(timezone.utc)
+    columns = "session_id, user_agent, client_ip, user_id, view_sequence, event_sequence, "
+    columns += "created_at, last_modified, expires_at"
+    marks = ", ".join(["?" if sqlite else "%s"] * 9)
+    batch = []
+    for n, sid in enumerate(work.new_ids(rows)):
+        expires = now - timedelta(hours=1) + timedelta(seconds=3600 * n / rows)
+        created = expires - timedelta(hours=1)
+        times: tuple[Any, ...] = (created, created, expires)
+        if sqlite:
+            times = tuple(datetime_to_sqlite(t) for t in times)
+        user = f"u{n % 5000}" if n % 4 == 0 else None
+        batch.append((sid, "bench", f"203.0.{n % 250}.{n % 199}", user, n % 7, n % 3, *times))
     with store.engine.connect() as connection:
         raw: Any = connection.connection.dbapi_connection
-        work.insert_rows(
-            raw,
-            store.get_state().table_name,
-            work.new_ids(rows),
-            expired=True,
-            paramstyle=paramstyle,
-        )
+        cursor = raw.cursor()
+        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", batch)
+        cursor.close()
         raw.commit()
 
 

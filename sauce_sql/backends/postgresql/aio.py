@@ -214,9 +214,19 @@ class AsyncServerExecutor:
         deadline = loop.time() + self._timeout
         # Nearly every call: an idle connection, nobody in line, nothing awaited.
         held = self._budget.take_idle()
-        if held is None or held.epoch != self._epoch or self._driver.lost(held.connection):
+        driver = self._driver
+        if held is None or held.epoch != self._epoch or driver.lost(held.connection):
             held = await self._connection(loop, deadline, held)
-        result = await self._execute(held, prepared, parameters, deadline)
+        # _execute's steps, written out: one coroutine fewer on every call's path.
+        watchdog = self._watchdog
+        watchdog.watch(held, deadline)
+        try:
+            result = await driver.run(held, prepared.sql, parameters, prepared.returns_rows)
+        except BaseException as exc:
+            watchdog.forget(held)
+            await self._after_failure(held, exc, keep=True)
+            raise  # _after_failure raises the store's error for driver errors
+        watchdog.forget(held)
         self._give_back(held)
         return result
 
