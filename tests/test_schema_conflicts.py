@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from _support import table_names
 from conftest import Backend, drop_tables
 
-from sauce_sql import Store, StoreUnavailable
+from sauce_sql import Store, StoreUnavailable, migrate
 from sauce_sql.errors import SchemaConflict
 
 FOREIGN_DDL = "CREATE TABLE {name} (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"
@@ -91,6 +91,11 @@ def test_a_newer_revision_is_named(shared_backend: Backend, table: str, tmp_path
     shared_backend.migrate(table)
     with Store(shared_backend.direct_url, table_name=table, clean_interval=None) as store:
         store.new_session("kept")
+    engine = sa.create_engine(shared_backend.direct_url)
+    try:
+        head = migrate.current(engine, table)
+    finally:
+        engine.dispose()
     execute(shared_backend.direct_url, f"UPDATE alembic_version_{table} SET version_num = '0042'")
     for message in (
         str(conflict_on_start(shared_backend, table)),
@@ -99,7 +104,7 @@ def test_a_newer_revision_is_named(shared_backend: Backend, table: str, tmp_path
         assert "'0042'" in message
         assert "upgrade sauce_sql" in message.lower()
         assert table in message
-    execute(shared_backend.direct_url, f"UPDATE alembic_version_{table} SET version_num = '0002'")
+    execute(shared_backend.direct_url, f"UPDATE alembic_version_{table} SET version_num = '{head}'")
     with Store(shared_backend.url, table_name=table, clean_interval=None) as store:
         assert store.session_exists("kept")
 
