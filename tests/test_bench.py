@@ -69,6 +69,12 @@ def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
         assert len(contenders) >= 3  # the store and at least two to compare with
         assert f"asyncio, {'SQLite WAL file' if backend == 'sqlite' else 'PostgreSQL'}" in report
     assert asyncio["sqlite"]["lag_while_locked"]["write_took_ms"] >= 500
+    if pg:
+        # The 64 tasks: the store beside psycopg's pool (the target) and a bare queue.
+        tasks = asyncio["postgresql"]["tasks_64"]
+        assert {"store", "driver_pool", "queue_pool"} <= set(tasks)
+        assert all(tasks[name]["ops_per_s"] > 0 for name in ("store", "driver_pool"))
+        assert "psycopg_pool.AsyncConnectionPool of 10" in report
     for secret in ("SECRET1", "SECRET2"):
         assert secret not in json.dumps(results)
         assert secret not in report

@@ -335,8 +335,10 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 "sqlite": aio.asyncio_sqlite(Path(tmp), options.sessions, rounds, per_round)
             }
             if options.pg_url and _pg_reachable(options.pg_url) is None:
+                # The 64 tasks' turns: a third of a concurrent run each, the
+                # store and two pools taking turns.
                 results["asyncio"]["postgresql"] = aio.asyncio_postgres(
-                    options.pg_url, options.sessions, rounds, per_round
+                    options.pg_url, options.sessions, rounds, per_round, options.seconds / 3
                 )
         if "memory" in parts:
             results["memory"] = []
