@@ -19,6 +19,19 @@ from sauce_sql.bench.pgbouncer import pgbouncer_binary
 from sauce_sql.bench.report import format_report
 
 
+def _bench_tables() -> set[str]:
+    """The bench's tables on the test server (each run makes its own, named bench_...)."""
+    engine = sa.create_engine(PG_URL)
+    try:
+        with engine.connect() as connection:
+            found = connection.exec_driver_sql(
+                "SELECT tablename FROM pg_tables WHERE starts_with(tablename, 'bench')"
+            )
+            return {name for (name,) in found}
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.slow
 def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
     """The SQLite, PostgreSQL, asyncio and memory parts run; acknowledged increments are
@@ -42,7 +55,11 @@ def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
         # The server load parts have a test of their own, below.
         parts=("sqlite", "postgresql", "asyncio", "memory"),
     )
+    tables_before = set() if pg is None else _bench_tables()
     results = run(options)
+    if pg:
+        # Its tables went with it: the history and aggregates tables made beside them too.
+        assert _bench_tables() == tables_before
     lite = results["sqlite"]
     assert set(lite["single"]) == set(OPERATIONS)
     for kind in ("store", "raw"):
@@ -115,7 +132,9 @@ def test_bench_server_parts_at_tiny_sizes() -> None:
         load_rounds=2,
         parts=("lean-expiry", "pgbouncer"),
     )
+    tables_before = _bench_tables()
     results = run(options)
+    assert _bench_tables() == tables_before
     lean = results["lean_expiry"]
     for contender in ("every_write", "store"):
         assert lean[contender]["updates"] == 500

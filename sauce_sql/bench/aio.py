@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +20,14 @@ from typing import Any
 from sauce_sql.aio import AsyncStore
 from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.bench.aio_lag import lag_under_tasks, lag_while_locked
-from sauce_sql.bench.clients import USER_AGENT, RawSQLite, _libpq_url, _sql, store_ops
+from sauce_sql.bench.clients import (
+    USER_AGENT,
+    RawSQLite,
+    _libpq_url,
+    _sql,
+    store_ops,
+    store_table_names,
+)
 from sauce_sql.bench.workloads import Latencies
 from sauce_sql.store import Store
 
@@ -183,16 +191,17 @@ def asyncio_postgres(
 
     result: dict[str, Any] = {"skipped": {}}
     dsn = _libpq_url(url)
+    table = f"bench_async_{uuid.uuid4().hex[:8]}"
 
     async def main() -> None:
-        with Store(url, table_name="bench_async", clean_interval=None) as sync:
+        with Store(url, table_name=table, clean_interval=None) as sync:
             ids = [sync.new_session(user_agent=USER_AGENT).session_id for _ in range(ids_count)]
-        sql = _sql("bench_async", pg_dialect.dialect())  # type: ignore[no-untyped-call]
+        sql = _sql(table, pg_dialect.dialect())  # type: ignore[no-untyped-call]
         select, inc = sql["select_live"][0], sql["increment_view"][0]
-        dollar = _sql("bench_async", asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
+        dollar = _sql(table, asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
         max_age = timedelta(seconds=MAX_AGE)
 
-        options: dict[str, Any] = {"table_name": "bench_async", "clean_interval": None}
+        options: dict[str, Any] = {"table_name": table, "clean_interval": None}
         # asyncpg as the store runs it by default (no statement cache: PgBouncer-safe),
         # and with prepared statements, as a URL saying the pooler takes them asks.
         on_asyncpg = AsyncStore(_asyncpg_url(url), **options)
@@ -294,7 +303,12 @@ def asyncio_postgres(
                 if driver_pool is not None:
                     await driver_pool.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            for name in store_table_names(table):
+                connection.execute(f"DROP TABLE IF EXISTS {name}")
     return result
 
 

@@ -19,18 +19,26 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Dialect
+from sqlalchemy import Dialect, MetaData
 
 from sauce_sql import statements
 from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.models import ReviveSession
-from sauce_sql.schema import sessions_table
+from sauce_sql.schema import sessions_table, store_tables
 from sauce_sql.store import Store
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["OPERATIONS", "Operation", "RawPostgres", "RawSQLite", "RedisClient", "store_ops"]
+__all__ = [
+    "OPERATIONS",
+    "Operation",
+    "RawPostgres",
+    "RawSQLite",
+    "RedisClient",
+    "store_ops",
+    "store_table_names",
+]
 
 Operation = Callable[[str], Any]
 OPERATIONS = (
@@ -64,6 +72,13 @@ def store_ops(store: Store) -> dict[str, Operation]:
         "maybe_revive_session": lambda sid: store.maybe_revive_session(revive(sid)),
         "assign_user": lambda sid: store.assign_user(sid, "user-1"),
     }
+
+
+def store_table_names(table_name: str) -> list[str]:
+    """Every table a store on ``table_name`` makes (its migrations make history and
+    aggregates beside it), the version table last: what a bench run has to drop."""
+    tables = [table.name for table in store_tables(table_name, MetaData())]
+    return [*tables, f"alembic_version_{table_name}"]
 
 
 def _sql(

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
 from sauce_sql.bench import workloads as work
+from sauce_sql.bench.clients import store_table_names
 from sauce_sql.report import build_report
 from sauce_sql.schema import history_table
 from sauce_sql.store import Store
@@ -41,9 +42,8 @@ def _tables(url: str, *names: str) -> Iterator[None]:
             engine = sa.create_engine(url)
             with engine.begin() as connection:
                 for name in names:
-                    for suffix in ("_history", "_aggregates", "_agg_browsers", "_agg_values", ""):
-                        connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}{suffix}"')
-                    connection.exec_driver_sql(f'DROP TABLE IF EXISTS "alembic_version_{name}"')
+                    for table in store_table_names(name):
+                        connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
             engine.dispose()
 
 

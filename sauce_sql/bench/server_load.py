@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sauce_sql.bench.clients import RawPostgres
+from sauce_sql.bench.clients import RawPostgres, store_table_names
 from sauce_sql.store import Store
 
 __all__ = ["lean_expiry", "pooled_throughput"]
@@ -60,8 +60,8 @@ def _sizes(raw: RawPostgres, table: str) -> dict[str, int]:
 
 
 def _drop(raw: RawPostgres, table: str) -> None:
-    raw.cursor.execute(f"DROP TABLE IF EXISTS {table}")
-    raw.cursor.execute(f"DROP TABLE IF EXISTS alembic_version_{table}")
+    for name in store_table_names(table):
+        raw.cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def lean_expiry(url: str, *, sessions: int, increments: int) -> dict[str, Any]:
