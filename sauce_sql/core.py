@@ -55,6 +55,44 @@ class PreparedStatements:
     delete_expired_upto: Prepared
 
 
+#: What compiled statements depend on: the dialect's class (driver and paramstyle with
+#: it), what of an instance changes the SQL it writes, and the store's options used in
+#: the statements.
+_Key = tuple[Any, ...]
+_COMPILED: dict[_Key, tuple[PreparedStatements, history.HistoryPrepared]] = {}
+#: Beyond this many tables and option sets, the oldest compiled set is forgotten.
+_COMPILED_LIMIT = 64
+
+
+def _compiled_for(
+    dialect: Dialect, config: StoreConfig
+) -> tuple[PreparedStatements, history.HistoryPrepared]:
+    """The statements of a store of ``config`` on ``dialect``, compiled once per process
+    and shared: compiling them is most of a start's work, and nothing changes a
+    compiled statement after it is built."""
+    key = (
+        type(dialect),
+        dialect.paramstyle,
+        dialect.server_version_info,
+        dialect.max_identifier_length,
+        dialect.label_length,
+        config.table_name,
+        config.lean_expiry,
+        config.history_ip,
+    )
+    found = _COMPILED.get(key)
+    if found is None:
+        found = (
+            PreparedStatements(dialect, config),
+            history.HistoryPrepared(dialect, config.table_name, config.history_ip),
+        )
+        if len(_COMPILED) >= _COMPILED_LIMIT:
+            # Dicts keep insertion order: the first key is the oldest.
+            _COMPILED.pop(next(iter(_COMPILED)), None)
+        _COMPILED[key] = found
+    return found
+
+
 class StoreCore:
     """The I/O-free half of a store."""
 
@@ -186,10 +224,9 @@ class StoreCore:
         return self._write_values(sid, revive.user_agent, revive.client_ip, revive.user_id)
 
     def _prepare(self, dialect: Dialect) -> None:
-        """Compile the store's statements for ``dialect`` (at start)."""
-        config = self._config
-        self._prepared = PreparedStatements(dialect, config)
-        self._history = history.HistoryPrepared(dialect, config.table_name, config.history_ip)
+        """Compile the store's statements for ``dialect`` (at start), or take those of
+        an earlier store of the same table, dialect and options."""
+        self._prepared, self._history = _compiled_for(dialect, self._config)
 
     def _revival(self, values: dict[str, Any], *, only_if_expired: bool) -> Operation[list[Any]]:
         """Revive ``values["sid"]`` (from history too, with keep_history); the live row."""
