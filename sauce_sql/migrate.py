@@ -9,6 +9,7 @@ lock, a PostgreSQL advisory lock) so that app servers starting together migrate 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,19 @@ def make_config(table_name: str, connection: Connection | None = None) -> Config
     return config
 
 
+@functools.cache
+def _revisions(location: str) -> tuple[str | None, frozenset[str]]:
+    """The latest revision and every revision of the scripts at ``location``, read
+    once per process: reading them loads each script, and they do not change while
+    it runs."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", location)
+    script = ScriptDirectory.from_config(config)
+    return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
+
+
 #: Says which step of the schema work begins (see make_current).
 Step = Callable[[str], None]
 
@@ -109,11 +123,7 @@ def is_current(engine: Engine, table_name: str) -> bool:
     transaction, which a pooler in statement mode would refuse. Raises
     :class:`SchemaConflict` if the table is not one sauce_sql can migrate or use.
     """
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(make_config(table_name))
-    head = script.get_current_head()
-    known = {revision.revision for revision in script.walk_revisions()}
+    head, known = _revisions(str(script_location()))
     read_schema = backend_for(engine.dialect.name).read_schema
     with engine.connect() as connection:
         read_schema(connection)
@@ -123,7 +133,7 @@ def is_current(engine: Engine, table_name: str) -> bool:
         return revision == head
 
 
-def _owned_revision(connection: Connection, table_name: str, known: set[str]) -> str | None:
+def _owned_revision(connection: Connection, table_name: str, known: frozenset[str]) -> str | None:
     """The revision ``table_name`` is at (None: not created yet); SchemaConflict if
     the table is another application's or at a revision this sauce_sql does not know."""
     inspector = inspect(connection)
@@ -193,11 +203,7 @@ def make_current(
     the migration runs only if it is behind, under the migration lock (waited for at
     most ``lock_wait`` seconds, if given). ``step`` is told as each step begins.
     """
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(make_config(table_name))
-    head = script.get_current_head()
-    known = {revision.revision for revision in script.walk_revisions()}
+    head, known = _revisions(str(script_location()))
     read_schema = backend_for(connection.dialect.name).read_schema
     step(f"checking the schema of table {table_name!r}")
     read_schema(connection)
