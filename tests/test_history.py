@@ -251,6 +251,20 @@ def test_history_ip_is_masked_dropped_or_kept(
     ]
 
 
+def test_stores_of_one_table_keep_their_own_ip_mode(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """Stores of one table in one process share compiled statements only when their
+    options match: each of three, one per history_ip mode, archives as its own says."""
+    expected = {"mask": "203.0.113.0", "drop": None, "keep": "203.0.113.77"}
+    for mode, ip in expected.items():
+        store = make_store(session_max_age=60, history_ip=mode)
+        store.new_session(f"s-{mode}", client_ip="203.0.113.77")
+        clock.advance(120)
+        store.cleanup()
+        assert (f"s-{mode}", ip) in rows(store, "_history", "session_id", "client_ip")
+
+
 def test_masking_is_the_default(make_store: StoreFactory, clock: FakeClock) -> None:
     """A store given no history_ip masks archived IPs."""
     store = make_store(session_max_age=60)
