@@ -25,6 +25,7 @@ __all__ = [
     "MAX_FRUITLESS",
     "MIN_BATCH_ROWS",
     "START_BATCH_ROWS",
+    "START_MOVE_ROWS",
     "Cleaner",
     "Batch",
     "CleanupStatements",
@@ -38,6 +39,9 @@ logger = logging.getLogger("sauce_sql.cleanup")
 #: The first batch's size (a few ms on SQLite on a laptop); later ones adapt to the
 #: time budget within the bounds.
 START_BATCH_ROWS = 1000
+#: Archiving's first batch: a move costs several times a delete per row, and before
+#: the first batch nothing tells how fast this disk is (see delete_expired).
+START_MOVE_ROWS = START_BATCH_ROWS // 4
 MIN_BATCH_ROWS = 100
 MAX_BATCH_ROWS = 50_000
 #: Batches in a row that delete nothing before a cleanup gives up until next time.
@@ -128,13 +132,15 @@ def delete_expired(
     count: Callable[[int], None] | None = None,
     stop: StopSignal | None = None,
     batch: Batch | None = None,
+    first_rows: int | None = None,
 ) -> Operation[int]:
     """Delete every row expired at ``now``, batch by batch; return how many went.
 
     ``count`` is told each batch's deletions as they commit; ``stop``, once set, ends
     the cleanup between batches (so that closing a store need not wait for a backlog).
     ``batch`` replaces the plain delete of one batch (archiving and history retention
-    run their own, :mod:`sauce_sql.history`).
+    run their own, :mod:`sauce_sql.history`), ``first_rows`` the first batch's size
+    (default :data:`START_BATCH_ROWS`).
 
     Each batch is sized from the last one's rate so that it takes about the backend's
     ``batch_seconds``: row counts alone would hold the lock for very different times
@@ -143,7 +149,8 @@ def delete_expired(
     backend = backend_for(dialect_name)
     if batch is None:
         batch = _bounded_batch if backend.bounded_batches else _batch
-    rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, START_BATCH_ROWS)), 0, 0
+    first = START_BATCH_ROWS if first_rows is None else first_rows
+    rows, deleted, fruitless = max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, first)), 0, 0
     while True:
         started = time.perf_counter()
         done, last = yield from batch(statements, now, rows)

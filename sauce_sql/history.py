@@ -29,7 +29,7 @@ from sqlalchemy import Dialect
 
 from sauce_sql.backends import backend_for
 from sauce_sql.backends.sqlite.executor import Run
-from sauce_sql.cleanup import StopSignal, delete_expired
+from sauce_sql.cleanup import START_MOVE_ROWS, StopSignal, delete_expired
 from sauce_sql.history_statements import HistoryStatements, build_history
 from sauce_sql.ops import Operation, Step, Transaction
 from sauce_sql.prepared import Prepared
@@ -158,6 +158,8 @@ def archive_expired(
         count=count,
         stop=stop,
         batch=_archive_batch,
+        # A first batch of deletion's size held the writers several times the budget.
+        first_rows=START_MOVE_ROWS,
     )
 
 

@@ -84,6 +84,32 @@ def test_archiving_in_many_small_batches_moves_each_row_once(
     assert sorted(sid for (sid,) in rows(store, "", "session_id")) == sorted(live)
 
 
+def test_archiving_starts_with_a_smaller_batch_than_deletion(
+    make_store: StoreFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move costs more per row than a delete, so archiving's first batch is smaller
+    than a plain cleanup's (which held writers past the batch budget); every row still
+    goes, each once."""
+    from sauce_sql import history
+
+    sizes: list[int] = []
+    batch = history._archive_batch
+
+    def recorded(statements: Any, now: Any, rows: int) -> Any:
+        sizes.append(rows)
+        return (yield from batch(statements, now, rows))
+
+    monkeypatch.setattr(history, "_archive_batch", recorded)
+    store = make_store(session_max_age=60)
+    expired = cleanup.START_BATCH_ROWS + 10
+    for _ in range(expired):
+        store.new_session()
+    clock.advance(120)
+    assert store.cleanup() == expired
+    assert sizes[0] == cleanup.START_MOVE_ROWS < cleanup.START_BATCH_ROWS
+    assert len(rows(store, "_history", "session_id")) == expired
+
+
 @pytest.mark.parametrize("maybe", [False, True])
 def test_revival_brings_an_archived_session_back(
     make_store: StoreFactory, clock: FakeClock, maybe: bool
