@@ -12,8 +12,9 @@ The log starts over from its beginning only when a writer begins while every fra
 it has been copied, a moment that never comes while writers are busy all the time:
 the log would grow without end, and each lookup in it gets slower. So once it passes
 :data:`RESTART_FRAMES`, the thread catches up with the writers pass by pass, then runs
-the last pass with this process's writers paused (a millisecond or so: the few frames
-appended meanwhile and two fsyncs), and the next write starts the log over. Each
+the last pass with this process's writers paused (the few frames appended meanwhile
+and two fsyncs, so the disk's fsync time: see benchmarks/README.md on what writers
+wait for during archiving), and the next write starts the log over. Each
 connection's own automatic checkpoint stays, at :data:`BACKSTOP_FRAMES`, for when
 this thread cannot keep up.
 """
