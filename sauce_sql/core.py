@@ -62,6 +62,9 @@ _Key = tuple[Any, ...]
 _COMPILED: dict[_Key, tuple[PreparedStatements, history.HistoryPrepared]] = {}
 #: Beyond this many tables and option sets, the oldest compiled set is forgotten.
 _COMPILED_LIMIT = 64
+# Stores start in many threads at once: forgetting the oldest set iterates the dict,
+# which another thread's insert would break.
+_COMPILED_LOCK = threading.Lock()
 
 
 def _compiled_for(
@@ -86,10 +89,11 @@ def _compiled_for(
             PreparedStatements(dialect, config),
             history.HistoryPrepared(dialect, config.table_name, config.history_ip),
         )
-        if len(_COMPILED) >= _COMPILED_LIMIT:
-            # Dicts keep insertion order: the first key is the oldest.
-            _COMPILED.pop(next(iter(_COMPILED)), None)
-        _COMPILED[key] = found
+        with _COMPILED_LOCK:
+            if len(_COMPILED) >= _COMPILED_LIMIT:
+                # Dicts keep insertion order: the first key is the oldest.
+                _COMPILED.pop(next(iter(_COMPILED)), None)
+            _COMPILED[key] = found
     return found
 
 

@@ -192,3 +192,42 @@ def test_racing_creations_end_with_one_row(shared_backend: Backend) -> None:
             assert session.view_sequence == expected_views, sid
             seen = {detail for _, result, detail in outcomes if result == "ok"}
             assert seen == {(expected_views, session.created_at.isoformat())}, sid
+
+
+def test_stores_of_many_tables_started_at_once_each_write_their_own(tmp_path: Any) -> None:
+    """Stores of more tables than the process keeps compiled statements for, started
+    from 8 threads at once on one file: each writes to its own table and reads its own
+    row back (the shared statements are per table, and forgetting old ones is safe)."""
+    import threading
+
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    tables = [f"many_{n}" for n in range(80)]
+    failures: list[BaseException] = []
+
+    def start_and_write(names: list[str]) -> None:
+        try:
+            for name in names:
+                with Store(url, table_name=name, clean_interval=None) as store:
+                    store.new_session(f"sid-{name}")
+                    found = store.lookup_session(f"sid-{name}")
+                    assert found is not None
+                    assert found.session_id == f"sid-{name}"
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start_and_write, args=(tables[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            for name in tables:
+                ids = connection.exec_driver_sql(f"SELECT session_id FROM {name}").all()
+                assert ids == [(f"sid-{name}",)]
+    finally:
+        engine.dispose()
