@@ -56,11 +56,13 @@ logger = logging.getLogger("sauce_sql.web")
 # Counts running at once after responses. Under ASGI each closing response has a
 # thread of its own; while a database hangs (before its first failure trips the
 # back-off, at the store's timeout) they would pile up by the hundred: once this many
-# run and none has finished for a quarter of a second, counts are dropped
+# run and none has finished for two seconds, counts are dropped
 # (``get_state().dropped``) rather than another thread held. A store that answers,
-# however many wait for its connections, finishes counts all the time.
+# however many wait for its connections, finishes counts all the time, but not
+# evenly: a busy disk's fsync can leave none finishing for a few hundred milliseconds,
+# and a shorter wait than this dropped counts of a working store.
 _MAX_IN_FLIGHT = 32
-_STALLED_AFTER = 0.25
+_STALLED_AFTER = 2.0
 _STORES: dict[tuple[str, str], Store] = {}
 _STORES_LOCK = threading.Lock()
 _SETTINGS = frozenset({"URL", "STORE", "STORE_OPTIONS", "OPTIONS"})
@@ -244,7 +246,7 @@ class SauceMiddleware:
         if first:
             logger.warning(
                 "sauce_sql: %d or more counts are waiting for the analytics store and none "
-                "has finished for %.2f s; later ones are dropped while it hangs "
+                "has finished for %.1f s; later ones are dropped while it hangs "
                 "(get_state().dropped)",
                 _MAX_IN_FLIGHT,
                 _STALLED_AFTER,
