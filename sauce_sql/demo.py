@@ -73,26 +73,47 @@ def run_demo(
     visitors: int = 200,
     seed: int = 7,
     echo: Callable[[str], None] = print,
+    now: datetime | None = None,
 ) -> None:
     """Run the demo on ``url``, by default a SQLite file in a temporary folder that is
-    removed at the end."""
+    removed at the end. The simulated week ends on the UTC day of ``now`` (an aware
+    datetime; by default the current time)."""
     if isinstance(visitors, bool) or not isinstance(visitors, int):
         raise TypeError(f"visitors must be an int, not {type(visitors).__name__}")
     if visitors < 1:
         raise InvalidInput(f"the demo needs at least 1 visitor, got {visitors}")
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif now.utcoffset() is None:
+        raise InvalidInput("the demo's now must be an aware datetime")
     if url is not None:
-        _run(url, table_name, visitors, seed, echo)
+        _run(url, table_name, visitors, seed, echo, now)
         return
     with tempfile.TemporaryDirectory(prefix="sauce-sql-demo-") as folder:
         path = Path(folder) / "sauce_sql.db"
         echo(f"demo database: {path} (a temporary file, removed at the end)")
-        _run(f"sqlite:///{path}", table_name, visitors, seed, echo)
+        _run(f"sqlite:///{path}", table_name, visitors, seed, echo, now)
 
 
-def _run(url: str, table_name: str, visitors: int, seed: int, echo: Callable[[str], None]) -> None:
+def _run(
+    url: str,
+    table_name: str,
+    visitors: int,
+    seed: int,
+    echo: Callable[[str], None],
+    now: datetime,
+) -> None:
     rng = random.Random(seed)
-    # A week ago, so the visitors' days fall within the report's last seven days.
-    clock = SimulatedClock(datetime.now(timezone.utc) - timedelta(days=6, hours=12))
+    # The first visitor at 01:00 UTC six days before the week's last day: the visitors'
+    # six days (give or take hours) and the restart then end a few hours into that day
+    # (or late the day before), and every session falls within the report's last seven
+    # UTC days, at whatever time of day the demo runs. Started a fixed time before now
+    # instead, the first visitors fell on an eighth day before about 12:00 UTC. Before
+    # 06:00 UTC the week ends yesterday, so that its clock stays behind the real one.
+    last_day = (now.astimezone(timezone.utc) - timedelta(hours=6)).replace(
+        hour=1, minute=0, second=0, microsecond=0
+    )
+    clock = SimulatedClock(last_day - timedelta(days=6))
 
     def open_store() -> Store:
         return Store(

@@ -255,6 +255,35 @@ def test_demo(entry_point: list[str], tmp_path: Path) -> None:
     assert sum(int(line.split()[1]) for line in per_day) == 220
 
 
+@pytest.mark.parametrize("hour", [0, 3, 5, 6, 10, 12, 18, 23])
+def test_demo_reports_its_whole_week_at_any_time_of_day(hour: int) -> None:
+    """Whatever the UTC time the demo runs at, the report's seven days hold every one
+    of its 220 sessions, and its simulated clock ends before the real one (run at
+    10:05 UTC, the first visitors used to fall on an eighth day)."""
+    from sauce_sql.demo import run_demo
+
+    now = datetime(2026, 12, 3, hour, 5, 30, tzinfo=timezone.utc)
+    out: list[str] = []
+    run_demo(echo=out.append, now=now)
+    lines = "\n".join(out).splitlines()
+    per_day = [line for line in lines if line.startswith("    20")]
+    assert len(per_day) == 7
+    assert sum(int(line.split()[1]) for line in per_day) == 220
+    (earlier,) = (line for line in lines if line.startswith("    earlier"))
+    assert earlier.split() == ["earlier", "0"]
+    (heading,) = (line for line in lines if line.startswith("Sessions in table"))
+    assert datetime.fromisoformat(heading.split(" at ")[1]) <= now
+
+
+def test_demo_refuses_a_naive_now() -> None:
+    """The demo's ``now`` is an aware datetime, or InvalidInput."""
+    from sauce_sql.demo import run_demo
+    from sauce_sql.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="aware"):
+        run_demo(echo=lambda _: None, now=datetime(2026, 12, 3, 10, 5))
+
+
 def test_demo_on_a_given_database(cli: Run, persistent_backend: Backend) -> None:
     """`demo --url ... --table-name ...` runs on that table and leaves its sessions there."""
     out = ok(cli("demo", *target(persistent_backend)))
