@@ -85,7 +85,12 @@ def test_bench_client_parts_run_at_tiny_sizes(tmp_path: Path) -> None:
         assert "async" in contenders
         assert len(contenders) >= 3  # the store and at least two to compare with
         assert f"asyncio, {'SQLite WAL file' if backend == 'sqlite' else 'PostgreSQL'}" in report
-    assert asyncio["sqlite"]["lag_while_locked"]["write_took_ms"] >= 500
+    locked = asyncio["sqlite"]["lag_while_locked"]
+    assert locked["write_took_ms"] >= 500
+    # The write waited half a second or more for the lock, off the loop: no turn of
+    # the loop lasted anything like it.
+    assert locked["longest_turn_ms"] < 250
+    assert "loop held: its longest turn" in report
     if pg:
         # The 64 tasks: the store beside psycopg's pool (the target) and a bare queue.
         tasks = asyncio["postgresql"]["tasks_64"]
@@ -153,3 +158,28 @@ def test_bench_server_parts_at_tiny_sizes() -> None:
             assert (slice_["acked"], slice_["errors"]) == (slice_["stored"], 0)
     assert len(pooled["round_ratios"]) == 2
     assert "through PgBouncer / direct" in format_report(results)
+
+
+def test_loop_clock_times_the_turn_a_blocking_call_holds() -> None:
+    """The loop's clock sees a coroutine that blocks the loop for 60 ms (a blocking
+    call on the loop, as a store must not make) as a turn of at least that long, and
+    only while it is armed."""
+    import asyncio
+    import time
+
+    from sauce_sql.bench.aio_lag import LoopClock, run_timed
+
+    async def main(clock: LoopClock) -> tuple[float, float]:
+        time.sleep(0.06)  # not armed: not timed
+        await asyncio.sleep(0)
+        unarmed = clock.longest_ms
+        clock.armed = True
+        await asyncio.sleep(0.002)
+        time.sleep(0.06)
+        await asyncio.sleep(0.002)
+        clock.armed = False
+        return unarmed, clock.longest_ms
+
+    unarmed, armed = run_timed(main)
+    assert unarmed == 0.0
+    assert armed >= 60.0

@@ -19,7 +19,7 @@ from typing import Any
 
 from sauce_sql.aio import AsyncStore
 from sauce_sql.backends.sqlite.dialect import datetime_to_sqlite
-from sauce_sql.bench.aio_lag import lag_under_tasks, lag_while_locked
+from sauce_sql.bench.aio_lag import LoopClock, lag_under_tasks, lag_while_locked, run_timed
 from sauce_sql.bench.clients import (
     USER_AGENT,
     RawSQLite,
@@ -106,7 +106,7 @@ def asyncio_sqlite(directory: Path, ids_count: int, rounds: int, per_round: int)
     url = f"sqlite:///{path}"
     result: dict[str, Any] = {"skipped": {}}
 
-    async def main() -> None:
+    async def main(clock: LoopClock) -> None:
         with Store(url, table_name="bench", clean_interval=None) as sync:
             ids = [sync.new_session(user_agent=USER_AGENT).session_id for _ in range(ids_count)]
             async with AsyncStore(url, table_name="bench", clean_interval=None) as store:
@@ -131,9 +131,9 @@ def asyncio_sqlite(directory: Path, ids_count: int, rounds: int, per_round: int)
                     if not isinstance(aio, str):
                         await aio[1].close()
                 result["lag_16_tasks_ms"] = await lag_under_tasks(store, ids, 1.0)
-                result["lag_while_locked"] = await lag_while_locked(store, path, ids[0])
+                result["lag_while_locked"] = await lag_while_locked(store, path, ids[0], clock)
 
-    asyncio.run(main())
+    run_timed(main)
     return result
 
 
@@ -364,9 +364,11 @@ def async_targets(results: dict[str, Any]) -> list[tuple[str, float, float, str]
         for op, figures in lite["single"].items():
             ratio = figures["async"]["median_us"] / figures["sync"]["median_us"]
             found.append((f"asyncio sqlite {op} / Store (median)", ratio, 1.3, "x"))
-        stall = lite["lag_while_locked"]["worst_stall_ms"]
-        name = "asyncio sqlite loop stall, lock held 1 s elsewhere (median)"
-        found.append((name, stall, 2.0, "ms"))
+        # The loop's longest turn, not the ticking task's worst gap: the gap holds the
+        # machine's own stalls, which the same loop with no store call shows too.
+        turn = lite["lag_while_locked"]["longest_turn_ms"]
+        name = "asyncio sqlite loop held, lock held 1 s elsewhere (median)"
+        found.append((name, turn, 2.0, "ms"))
     pg = results.get("postgresql")
     if pg:
         # Like against like: the store on each driver and setting against that raw driver.
@@ -419,12 +421,20 @@ def async_lines(results: dict[str, Any]) -> list[str]:
             locked = figures["lag_while_locked"]
             rounds = ", ".join(f"{v:.2f}" for v in locked["worst_stall_ms_rounds"])
             idle = ", ".join(f"{v:.2f}" for v in locked["no_call_stall_ms_rounds"])
-            lines.append(
-                f"  loop: worst stall {locked['worst_stall_ms']:.2f} ms (median of {rounds})"
-                f" while another process held the write lock and a write waited"
-                f" {locked['write_took_ms']:.0f} ms; the same loop with no store call:"
-                f" {locked['no_call_stall_ms']:.2f} ms ({idle});"
-                f" {figures['lag_16_tasks_ms']:.1f} ms between ticks with 16 tasks writing flat out"
+            turns = ", ".join(f"{v:.2f}" for v in locked["longest_turn_ms_rounds"])
+            less = "less its waits for a CPU" if locked["runqueue_subtracted"] else "as timed"
+            lines.extend(
+                (
+                    f"  loop: worst stall {locked['worst_stall_ms']:.2f} ms (median of {rounds})"
+                    f" while another process held the write lock and a write waited"
+                    f" {locked['write_took_ms']:.0f} ms; the same loop with no store call:"
+                    f" {locked['no_call_stall_ms']:.2f} ms ({idle});"
+                    f" {figures['lag_16_tasks_ms']:.1f} ms between ticks with 16 tasks"
+                    " writing flat out",
+                    f"  loop held: its longest turn {locked['longest_turn_ms']:.2f} ms"
+                    f" (median of {turns}; {less}); with no store call"
+                    f" {locked['no_call_longest_turn_ms']:.2f} ms",
+                )
             )
         else:
             lines.append(

@@ -1,25 +1,98 @@
 """The asyncio bench's loop-lag tests: how long the event loop goes without running.
 
-A task sleeps a millisecond at a time and keeps the longest gap between its ticks.
-On a shared machine the scheduler makes gaps of milliseconds by itself, so the test
-with a write waiting for another process's lock is a median of rounds, each beside a
-round of the same loop with no store call.
+Two measures. A task sleeps a millisecond at a time and keeps the longest gap between
+its ticks: what an application sees, the machine's own stalls included. On a shared
+machine the scheduler makes gaps of milliseconds by itself (the thread waiting for a
+CPU, or the loop's sleep ending late), so beside it the loop's selector times how
+long each of the loop's turns runs between two waits for I/O: that is where a store
+could hold the loop, on the CPU or blocked in a call. The time the thread spent
+runnable but not running in that turn (Linux's ``/proc/thread-self/schedstat``) is
+the machine's, and taken off; where that file is missing, nothing is.
+
+The test with a write waiting for another process's lock is a median of rounds, each
+beside a round of the same loop with no store call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import selectors
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sauce_sql.aio import AsyncStore
 
-__all__ = ["LAG_ROUNDS", "lag_under_tasks", "lag_while_locked"]
+__all__ = ["LAG_ROUNDS", "LoopClock", "lag_under_tasks", "lag_while_locked", "run_timed"]
+
+T = TypeVar("T")
+
+
+def _runqueue_reader() -> Callable[[], int] | None:
+    """Nanoseconds the calling thread has spent runnable but not running, if Linux says."""
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+
+    def waited() -> int:
+        return int(os.pread(fd, 128, 0).split()[1])
+
+    try:
+        waited()
+    except (OSError, ValueError, IndexError):
+        os.close(fd)
+        return None
+    return waited
+
+
+class LoopClock(selectors.DefaultSelector):
+    """The loop's selector, timing each turn of the loop between two waits for I/O
+    while :attr:`armed`: the longest, less the time the thread waited for a CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.longest_ms = 0.0
+        self.runqueue = _runqueue_reader()
+        self._turn_began: float | None = None
+        self._waited_before = 0
+
+    def reset(self) -> None:
+        """Start a new window: forget the longest turn so far."""
+        self.longest_ms = 0.0
+
+    def select(self, timeout: float | None = None) -> Any:
+        """Wait for I/O as the loop asks, first timing the turn that ends here."""
+        began, waited = self._turn_began, self.runqueue
+        if began is not None and self.armed:
+            turn = time.perf_counter() - began
+            if waited is not None:
+                turn -= (waited() - self._waited_before) / 1e9
+            self.longest_ms = max(self.longest_ms, turn * 1000)
+        events = super().select(timeout)
+        self._turn_began = time.perf_counter()
+        if waited is not None and self.armed:
+            self._waited_before = waited()
+        return events
+
+
+def run_timed(main: Callable[[LoopClock], Coroutine[Any, Any, T]]) -> T:
+    """``main(clock)`` on a new event loop whose selector is ``clock``."""
+    clock = LoopClock()
+    loop = asyncio.SelectorEventLoop(clock)
+    try:
+        return loop.run_until_complete(main(clock))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
 
 
 class _Lag:
@@ -64,9 +137,12 @@ async def lag_under_tasks(store: AsyncStore, ids: Sequence[str], seconds: float)
 LAG_ROUNDS = 3
 
 
-async def _locked_window(path: Path, call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+async def _locked_window(
+    path: Path, call: Callable[[], Awaitable[Any]], clock: LoopClock
+) -> tuple[float, float, float]:
     """The loop's worst stall (ms) while another process holds the write lock for a
-    second and ``call()`` runs; how long the call took (ms)."""
+    second and ``call()`` runs; its longest turn (ms, by ``clock``); how long the
+    call took (ms)."""
     code = (
         "import sqlite3, time\n"
         f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
@@ -78,37 +154,54 @@ async def _locked_window(path: Path, call: Callable[[], Awaitable[Any]]) -> tupl
         assert child.stdout is not None
         await asyncio.to_thread(child.stdout.readline)
         with _Lag() as lag:
+            clock.reset()
+            clock.armed = True
             began = time.perf_counter()
-            await call()
+            try:
+                await call()
+            finally:
+                clock.armed = False
             took = time.perf_counter() - began
     finally:
         await asyncio.to_thread(child.wait)
         if child.stdout is not None:
             child.stdout.close()
-    return lag.worst * 1000, took * 1000
+    return lag.worst * 1000, clock.longest_ms, took * 1000
 
 
-async def lag_while_locked(store: AsyncStore, path: Path, sid: str) -> dict[str, Any]:
+async def lag_while_locked(
+    store: AsyncStore, path: Path, sid: str, clock: LoopClock
+) -> dict[str, Any]:
     """The loop's worst stall (ms) while another process holds the write lock for a
-    second and a write waits for it, a median of rounds; beside it, interleaved, the
-    same loop's worst stall over the same second with no store call (the machine's)."""
+    second and a write waits for it, and its longest turn (``clock``, the loop's
+    selector), medians of rounds; beside them, interleaved, the same loop's over the
+    same second with no store call (the machine's)."""
     stalls: list[float] = []
+    turns: list[float] = []
     took: list[float] = []
     idle: list[float] = []
+    idle_turns: list[float] = []
     for round_ in range(LAG_ROUNDS):
         windows = [True, False] if round_ % 2 == 0 else [False, True]
         for with_store in windows:
             if with_store:
-                stall, write = await _locked_window(path, lambda: store.inc_sequence(sid, "view"))
+                write = functools.partial(store.inc_sequence, sid, "view")
+                stall, turn, ms = await _locked_window(path, write, clock)
                 stalls.append(stall)
-                took.append(write)
+                turns.append(turn)
+                took.append(ms)
             else:
-                stall, _ = await _locked_window(path, lambda: asyncio.sleep(1.03))
+                stall, turn, _ = await _locked_window(path, lambda: asyncio.sleep(1.03), clock)
                 idle.append(stall)
+                idle_turns.append(turn)
     return {
         "worst_stall_ms": statistics.median(stalls),
         "worst_stall_ms_rounds": stalls,
+        "longest_turn_ms": statistics.median(turns),
+        "longest_turn_ms_rounds": turns,
+        "runqueue_subtracted": clock.runqueue is not None,
         "write_took_ms": statistics.median(took),
         "no_call_stall_ms": statistics.median(idle),
         "no_call_stall_ms_rounds": idle,
+        "no_call_longest_turn_ms": statistics.median(idle_turns),
     }
