@@ -42,6 +42,39 @@ def test_the_log_stays_bounded_under_a_busy_writer(
     assert log < 8000 * FRAME, f"the log grew to {log // FRAME} frames"
 
 
+def test_writers_that_outrun_every_pass_are_paused_once_the_log_is_twice_as_long() -> None:
+    """Passes that never catch up (each finds many new pages, as on a busy machine)
+    pause the writers anyway once the log reaches OUTRUN_FACTOR x RESTART_FRAMES; short
+    of that, they only try again at the next wake."""
+    restart = checkpoints.RESTART_FRAMES
+    grow = checkpoints.PAUSED_FRAMES + 1  # new pages each pass finds: never caught up
+
+    def run(start: int) -> tuple[list[int], int]:
+        log = [start]
+        paused: list[int] = []
+
+        def checkpoint() -> checkpoints.Outcome:
+            log[0] += grow
+            return (0, log[0], log[0])
+
+        def pause() -> checkpoints.Outcome:
+            paused.append(log[0])
+            return (0, log[0], log[0])
+
+        checkpointer = checkpoints.Checkpointer(checkpoint, pause, name="test-checkpoint")
+        try:
+            checkpointer._once()
+        finally:
+            checkpointer.stop()
+        return paused, log[0]
+
+    passes = checkpoints.CATCH_UP_PASSES + 1
+    assert restart + passes * grow < checkpoints.OUTRUN_FACTOR * restart
+    assert run(restart) == ([], restart + passes * grow)  # tries again at the next wake
+    long_log = checkpoints.OUTRUN_FACTOR * restart
+    assert run(long_log) == ([long_log + 2 * grow], long_log + 2 * grow)
+
+
 def test_close_ends_the_checkpoint_thread(tmp_path: Path) -> None:
     """The thread starts with the writes and is gone once the store is closed."""
     store = Store(f"sqlite:///{tmp_path / 'c.db'}", clean_interval=None).start()

@@ -14,7 +14,9 @@ the log would grow without end, and each lookup in it gets slower. So once it pa
 :data:`RESTART_FRAMES`, the thread catches up with the writers pass by pass, then runs
 the last pass with this process's writers paused (the few frames appended meanwhile
 and two fsyncs, so the disk's fsync time: see benchmarks/README.md on what writers
-wait for during archiving), and the next write starts the log over. Each
+wait for during archiving), and the next write starts the log over. Writers that
+outrun every pass (a busy machine) are paused for a longer last pass once the log
+reaches :data:`OUTRUN_FACTOR` times that size. Each
 connection's own automatic checkpoint stays, at :data:`BACKSTOP_FRAMES`, for when
 this thread cannot keep up.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "BACKSTOP_FRAMES",
     "CATCH_UP_PASSES",
     "CHECKPOINT_EVERY",
+    "OUTRUN_FACTOR",
     "PAUSED_FRAMES",
     "LOG_SIZE_LIMIT",
     "RESTART_FRAMES",
@@ -49,8 +52,13 @@ LOG_SIZE_LIMIT = 64 * 1024 * 1024
 #: The writers are paused only once a pass found at most this many new pages...
 PAUSED_FRAMES = 512
 #: ...within this many passes of catching up (a cleanup writing fast may outrun them;
-#: the next wake tries again).
+#: the next wake tries again)...
 CATCH_UP_PASSES = 4
+#: ...unless the log has reached this many times :data:`RESTART_FRAMES`: then the
+#: writers are paused for the last pass however much it has to copy, or on a busy
+#: machine writers that always outrun the passes would grow the log to the backstop,
+#: whose checkpoint runs in a writer's own time.
+OUTRUN_FACTOR = 2
 
 Outcome = tuple[int, int, int] | None
 """What ``PRAGMA wal_checkpoint`` says: busy, pages in the log, pages copied; None if
@@ -109,7 +117,9 @@ class Checkpointer:
             # Another pass copies what was appended during the last one; once that
             # is little, the writers are paused for the rest, which is then quick.
             again = self._checkpoint()
-            if again is not None and again[1] - outcome[1] <= PAUSED_FRAMES:
+            if again is None:
+                return
+            if again[1] - outcome[1] <= PAUSED_FRAMES or again[1] >= OUTRUN_FACTOR * RESTART_FRAMES:
                 # Only if that pass could copy every page: when a reader still reads
                 # old pages, the log cannot start over anyway.
                 if again[1] >= RESTART_FRAMES and again[2] >= again[1]:
