@@ -162,24 +162,32 @@ def test_bench_server_parts_at_tiny_sizes() -> None:
 
 def test_loop_clock_times_the_turn_a_blocking_call_holds() -> None:
     """The loop's clock sees a coroutine that blocks the loop for 60 ms (a blocking
-    call on the loop, as a store must not make) as a turn of at least that long, and
-    only while it is armed."""
+    call on the loop, as a store must not make) as a turn of at least that long, the
+    turn that disarms it included, and nothing while it is not armed."""
     import asyncio
     import time
 
     from sauce_sql.bench.aio_lag import LoopClock, run_timed
 
-    async def main(clock: LoopClock) -> tuple[float, float]:
+    async def main(clock: LoopClock) -> tuple[float, float, float]:
         time.sleep(0.06)  # not armed: not timed
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.002)
         unarmed = clock.longest_ms
-        clock.armed = True
+        clock.arm()
         await asyncio.sleep(0.002)
         time.sleep(0.06)
         await asyncio.sleep(0.002)
-        clock.armed = False
-        return unarmed, clock.longest_ms
+        clock.disarm()
+        await asyncio.sleep(0)
+        blocked = clock.longest_ms
+        clock.arm()
+        await asyncio.sleep(0.002)
+        time.sleep(0.06)
+        clock.disarm()  # in the same turn as the block: still timed as it ends
+        await asyncio.sleep(0)
+        return unarmed, blocked, clock.longest_ms
 
-    unarmed, armed = run_timed(main)
+    unarmed, blocked, disarmed_in_turn = run_timed(main)
     assert unarmed == 0.0
-    assert armed >= 60.0
+    assert blocked >= 60.0
+    assert disarmed_in_turn >= 60.0

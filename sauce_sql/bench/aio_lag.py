@@ -34,9 +34,11 @@ __all__ = ["LAG_ROUNDS", "LoopClock", "lag_under_tasks", "lag_while_locked", "ru
 T = TypeVar("T")
 
 
-def _runqueue_reader() -> Callable[[], int] | None:
-    """Nanoseconds the calling thread has spent runnable but not running, if Linux says."""
+def _runqueue_reader() -> tuple[int, Callable[[], int]] | None:
+    """A descriptor of the calling thread's scheduler figures and a function reading
+    the nanoseconds it has spent runnable but not running, if Linux says."""
     try:
+        # thread-self names the thread that opens it: the one that runs the loop.
         fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
     except OSError:
         return None
@@ -49,38 +51,61 @@ def _runqueue_reader() -> Callable[[], int] | None:
     except (OSError, ValueError, IndexError):
         os.close(fd)
         return None
-    return waited
+    return fd, waited
 
 
 class LoopClock(selectors.DefaultSelector):
     """The loop's selector, timing each turn of the loop between two waits for I/O
-    while :attr:`armed`: the longest, less the time the thread waited for a CPU."""
+    from :meth:`arm` to :meth:`disarm`: the longest, less the time the thread waited
+    for a CPU. Make it in the thread that will run the loop."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.armed = False
         self.longest_ms = 0.0
-        self.runqueue = _runqueue_reader()
+        self._armed = False
+        # Whether the turn under way is timed as it ends: the one that disarms is.
+        self._timing = False
+        reader = _runqueue_reader()
+        self._schedstat: int | None = None if reader is None else reader[0]
+        self._waited: Callable[[], int] | None = None if reader is None else reader[1]
         self._turn_began: float | None = None
         self._waited_before = 0
 
-    def reset(self) -> None:
-        """Start a new window: forget the longest turn so far."""
+    @property
+    def runqueue_subtracted(self) -> bool:
+        """Whether the thread's waits for a CPU are taken off (Linux)."""
+        return self._waited is not None
+
+    def arm(self) -> None:
+        """Time the turns from the one under way on, forgetting earlier ones."""
         self.longest_ms = 0.0
+        self._armed = self._timing = True
+
+    def disarm(self) -> None:
+        """Stop timing once the turn under way has ended (and been timed)."""
+        self._armed = False
 
     def select(self, timeout: float | None = None) -> Any:
         """Wait for I/O as the loop asks, first timing the turn that ends here."""
-        began, waited = self._turn_began, self.runqueue
-        if began is not None and self.armed:
+        began, waited = self._turn_began, self._waited
+        if began is not None and self._timing:
             turn = time.perf_counter() - began
             if waited is not None:
                 turn -= (waited() - self._waited_before) / 1e9
             self.longest_ms = max(self.longest_ms, turn * 1000)
+        self._timing = self._armed
         events = super().select(timeout)
         self._turn_began = time.perf_counter()
-        if waited is not None and self.armed:
+        if waited is not None:
             self._waited_before = waited()
         return events
+
+    def close(self) -> None:
+        """Close the selector and the scheduler figures' descriptor."""
+        super().close()
+        if self._schedstat is not None:
+            os.close(self._schedstat)
+            self._schedstat = self._waited = None
 
 
 def run_timed(main: Callable[[LoopClock], Coroutine[Any, Any, T]]) -> T:
@@ -154,14 +179,14 @@ async def _locked_window(
         assert child.stdout is not None
         await asyncio.to_thread(child.stdout.readline)
         with _Lag() as lag:
-            clock.reset()
-            clock.armed = True
+            clock.arm()
             began = time.perf_counter()
             try:
                 await call()
             finally:
-                clock.armed = False
+                clock.disarm()
             took = time.perf_counter() - began
+            await asyncio.sleep(0)  # the turn that ended the call, timed as it ends
     finally:
         await asyncio.to_thread(child.wait)
         if child.stdout is not None:
@@ -199,7 +224,7 @@ async def lag_while_locked(
         "worst_stall_ms_rounds": stalls,
         "longest_turn_ms": statistics.median(turns),
         "longest_turn_ms_rounds": turns,
-        "runqueue_subtracted": clock.runqueue is not None,
+        "runqueue_subtracted": clock.runqueue_subtracted,
         "write_took_ms": statistics.median(took),
         "no_call_stall_ms": statistics.median(idle),
         "no_call_stall_ms_rounds": idle,
