@@ -34,24 +34,24 @@ __all__ = ["LAG_ROUNDS", "LoopClock", "lag_under_tasks", "lag_while_locked", "ru
 T = TypeVar("T")
 
 
-def _runqueue_reader() -> tuple[int, Callable[[], int]] | None:
-    """A descriptor of the calling thread's scheduler figures and a function reading
-    the nanoseconds it has spent runnable but not running, if Linux says."""
+def _open_schedstat() -> int | None:
+    """A descriptor of the calling thread's scheduler figures, if Linux has them."""
     try:
         # thread-self names the thread that opens it: the one that runs the loop.
         fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
     except OSError:
         return None
-
-    def waited() -> int:
-        return int(os.pread(fd, 128, 0).split()[1])
-
     try:
-        waited()
+        _runqueue_ns(fd)
     except (OSError, ValueError, IndexError):
         os.close(fd)
         return None
-    return fd, waited
+    return fd
+
+
+def _runqueue_ns(schedstat: int) -> int:
+    """Nanoseconds the thread has spent runnable but not running."""
+    return int(os.pread(schedstat, 128, 0).split()[1])
 
 
 class LoopClock(selectors.DefaultSelector):
@@ -65,16 +65,14 @@ class LoopClock(selectors.DefaultSelector):
         self._armed = False
         # Whether the turn under way is timed as it ends: the one that disarms is.
         self._timing = False
-        reader = _runqueue_reader()
-        self._schedstat: int | None = None if reader is None else reader[0]
-        self._waited: Callable[[], int] | None = None if reader is None else reader[1]
+        self._schedstat = _open_schedstat()
         self._turn_began: float | None = None
         self._waited_before = 0
 
     @property
     def runqueue_subtracted(self) -> bool:
         """Whether the thread's waits for a CPU are taken off (Linux)."""
-        return self._waited is not None
+        return self._schedstat is not None
 
     def arm(self) -> None:
         """Time the turns from the one under way on, forgetting earlier ones."""
@@ -87,17 +85,17 @@ class LoopClock(selectors.DefaultSelector):
 
     def select(self, timeout: float | None = None) -> Any:
         """Wait for I/O as the loop asks, first timing the turn that ends here."""
-        began, waited = self._turn_began, self._waited
+        began, schedstat = self._turn_began, self._schedstat
         if began is not None and self._timing:
             turn = time.perf_counter() - began
-            if waited is not None:
-                turn -= (waited() - self._waited_before) / 1e9
+            if schedstat is not None:
+                turn -= (_runqueue_ns(schedstat) - self._waited_before) / 1e9
             self.longest_ms = max(self.longest_ms, turn * 1000)
         self._timing = self._armed
         events = super().select(timeout)
         self._turn_began = time.perf_counter()
-        if waited is not None:
-            self._waited_before = waited()
+        if schedstat is not None:
+            self._waited_before = _runqueue_ns(schedstat)
         return events
 
     def close(self) -> None:
@@ -105,7 +103,7 @@ class LoopClock(selectors.DefaultSelector):
         super().close()
         if self._schedstat is not None:
             os.close(self._schedstat)
-            self._schedstat = self._waited = None
+            self._schedstat = None
 
 
 def run_timed(main: Callable[[LoopClock], Coroutine[Any, Any, T]]) -> T:
