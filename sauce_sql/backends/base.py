@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -75,13 +75,13 @@ class AsyncExecutor(Protocol):
     def dialect(self) -> Dialect:
         """The SQLAlchemy dialect of the database."""
 
-    async def read(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
+    def read(self, prepared: Prepared, values: Mapping[str, Any]) -> Awaitable[Result]:
         """Run a statement that only reads."""
 
-    async def write(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
+    def write(self, prepared: Prepared, values: Mapping[str, Any]) -> Awaitable[Result]:
         """Run a statement that writes; never retried."""
 
-    async def write_slow(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
+    def write_slow(self, prepared: Prepared, values: Mapping[str, Any]) -> Awaitable[Result]:
         """Run a write that may take milliseconds (a cleanup batch) off the loop."""
 
     def checkpoint_soon(self) -> None:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -57,12 +57,21 @@ class Driver:
         """What statements run through (reused for every call on the connection)."""
         return connection.cursor()
 
-    async def run(self, held: _Held, sql: str, parameters: Any, returns_rows: bool) -> Result:
-        """Run one statement; its rows and the number of rows it changed."""
+    def fetch(self, held: _Held, sql: str, parameters: Any) -> Awaitable[list[Sequence[Any]]]:
+        """Run one statement that returns rows (a RETURNING's as many as it changed)."""
+        return self._fetch_all(held.cursor, sql, parameters)
+
+    @staticmethod
+    async def _fetch_all(cursor: Any, sql: str, parameters: Any) -> list[Sequence[Any]]:
+        await cursor.execute(sql, parameters)
+        rows: list[Sequence[Any]] = await cursor.fetchall()
+        return rows
+
+    async def execute(self, held: _Held, sql: str, parameters: Any) -> Result:
+        """Run one statement that returns no rows; no rows and the number it changed."""
         cursor = held.cursor
         await cursor.execute(sql, parameters)
-        rows = await cursor.fetchall() if returns_rows else []
-        return rows, cursor.rowcount
+        return [], cursor.rowcount
 
     def lost(self, connection: Any) -> bool:
         """Whether the connection is dead (after a driver error)."""
@@ -95,12 +104,13 @@ class AsyncpgDriver(Driver):
     def cursor(self, connection: Any) -> Any:
         return connection
 
-    async def run(self, held: _Held, sql: str, parameters: Any, returns_rows: bool) -> Result:
-        connection = held.connection
-        if returns_rows:
-            rows = await connection.fetch(sql, *parameters)
-            return rows, len(rows)
-        status = await connection.execute(sql, *parameters)
+    def fetch(self, held: _Held, sql: str, parameters: Any) -> Awaitable[list[Sequence[Any]]]:
+        # asyncpg's own coroutine, awaited by the executor: no coroutine of ours between.
+        fetched: Awaitable[list[Sequence[Any]]] = held.connection.fetch(sql, *parameters)
+        return fetched
+
+    async def execute(self, held: _Held, sql: str, parameters: Any) -> Result:
+        status = await held.connection.execute(sql, *parameters)
         count = status.rpartition(" ")[2]
         return [], int(count) if count.isdigit() else 0
 
@@ -161,6 +171,8 @@ class AsyncServerExecutor:
         self._watchdog: AsyncWatchdog[_Held] = AsyncWatchdog(self._end)
         self._epoch = 0
         self._closed = False
+        # The loop the store runs on (one loop per store), taken at its first call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Connections interrupted mid-statement, closing in the background.
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -169,18 +181,15 @@ class AsyncServerExecutor:
         """The SQLAlchemy dialect of the database."""
         return self._dialect
 
-    async def read(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
+    def read(self, prepared: Prepared, values: Mapping[str, Any]) -> Awaitable[Result]:
         """Run a statement that only reads; retried once on a fresh connection if the
         connection it got turns out to be dead (a restarted server, say)."""
-        parameters = prepared.parameters(values)
-        try:
-            return await self._run(prepared, parameters)
-        except ConnectionLost:
-            return await self._run(prepared, parameters)
+        # The call's own coroutine is _run's: one fewer on every call's path.
+        return self._run(prepared, prepared.parameters(values), retry=True)
 
-    async def write(self, prepared: Prepared, values: Mapping[str, Any]) -> Result:
+    def write(self, prepared: Prepared, values: Mapping[str, Any]) -> Awaitable[Result]:
         """Run a statement that writes; never retried, so never applied twice."""
-        return await self._run(prepared, prepared.parameters(values))
+        return self._run(prepared, prepared.parameters(values))
 
     write_slow = write
 
@@ -189,10 +198,7 @@ class AsyncServerExecutor:
 
     async def server_now(self) -> datetime:
         """The database server's clock; retried once on a fresh connection."""
-        try:
-            rows, _ = await self._run(SERVER_NOW, ())
-        except ConnectionLost:
-            rows, _ = await self._run(SERVER_NOW, ())
+        rows, _ = await self._run(SERVER_NOW, (), retry=True)
         now: datetime = rows[0][0]
         return now
 
@@ -208,9 +214,15 @@ class AsyncServerExecutor:
 
     # -- calls ----------------------------------------------------------------------
 
-    async def _run(self, prepared: Prepared | Raw, parameters: Any) -> Result:
-        """One call: a connection of the budget's, the statement on it by the deadline."""
-        loop = asyncio.get_running_loop()
+    async def _run(
+        self, prepared: Prepared | Raw, parameters: Any, *, retry: bool = False
+    ) -> Result:
+        """One call: a connection of the budget's, the statement on it by the deadline;
+        with ``retry``, once more on a fresh connection if the one it got was dead."""
+        loop = self._loop
+        if loop is None:
+            # Kept: before 3.12, get_running_loop() makes a getpid() system call.
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         # Nearly every call: an idle connection, nobody in line, nothing awaited.
         held = self._budget.take_idle()
@@ -221,11 +233,21 @@ class AsyncServerExecutor:
         watchdog = self._watchdog
         watchdog.watch(held, deadline)
         try:
-            result = await driver.run(held, prepared.sql, parameters, prepared.returns_rows)
+            if prepared.returns_rows:
+                rows = await driver.fetch(held, prepared.sql, parameters)
+                result: Result = rows, len(rows)
+            else:
+                result = await driver.execute(held, prepared.sql, parameters)
         except BaseException as exc:
             watchdog.forget(held)
-            await self._after_failure(held, exc, keep=True)
-            raise  # _after_failure raises the store's error for driver errors
+            try:
+                await self._after_failure(held, exc, keep=True)
+            except ConnectionLost:
+                if not retry:
+                    raise
+            else:
+                raise  # a cancellation, say: nothing of the store's to raise instead
+            return await self._run(prepared, parameters)
         watchdog.forget(held)
         self._give_back(held)
         return result
@@ -284,7 +306,11 @@ class AsyncServerExecutor:
         watchdog = self._watchdog
         watchdog.watch(held, deadline)
         try:
-            result = await self._driver.run(held, prepared.sql, parameters, prepared.returns_rows)
+            if prepared.returns_rows:
+                rows = await self._driver.fetch(held, prepared.sql, parameters)
+                result: Result = rows, len(rows)
+            else:
+                result = await self._driver.execute(held, prepared.sql, parameters)
         except BaseException as exc:
             watchdog.forget(held)
             await self._after_failure(held, exc, keep=keep)
