@@ -232,6 +232,27 @@ def asyncio_postgres(
 
             contenders["inc_sequence"]["psycopg"] = psycopg_inc
             contenders["lookup_session"]["psycopg"] = psycopg_lookup
+            # The driver's own calls on the store's own connection too: the same server
+            # session as the store's calls. A connection of its own can get a server
+            # process on the other CPU, whose every round trip then costs a wake-up of
+            # that CPU: on a 2-CPU VM that moved a lookup between 30 and 115 us.
+            await store.lookup_session(ids[0])
+            same_psycopg = _store_cursor(store)
+
+            async def psycopg_same_inc(sid: str) -> Any:
+                now = datetime.now(_UTC)
+                values = {"view_sequence_1": 1, "now": now, "expires": now + max_age, "sid": sid}
+                cur = same_psycopg()
+                await cur.execute(inc, values)
+                return await cur.fetchone()
+
+            async def psycopg_same_lookup(sid: str) -> Any:
+                cur = same_psycopg()
+                await cur.execute(select, {"sid": sid, "now": datetime.now(_UTC)})
+                return await cur.fetchone()
+
+            contenders["inc_sequence"]["psycopg_same"] = psycopg_same_inc
+            contenders["lookup_session"]["psycopg_same"] = psycopg_same_lookup
             asyncpgs = [await _asyncpg(dsn, result, cache) for cache in (100, 0)]
             dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
             for name, raw in zip(("asyncpg", "asyncpg_uncached"), asyncpgs, strict=True):
@@ -247,6 +268,19 @@ def asyncio_postgres(
 
                 contenders["inc_sequence"][name] = asyncpg_inc
                 contenders["lookup_session"][name] = asyncpg_lookup
+            for name, ours in (("asyncpg_same", prepared), ("asyncpg_uncached_same", on_asyncpg)):
+                await ours.lookup_session(ids[0])
+                same = _store_cursor(ours)
+
+                async def asyncpg_same_inc(sid: str, same: Any = same) -> Any:
+                    now = datetime.now(_UTC)
+                    return await same().fetchrow(dollar_inc, 1, now, now + max_age, sid)
+
+                async def asyncpg_same_lookup(sid: str, same: Any = same) -> Any:
+                    return await same().fetchrow(dollar_select, sid, datetime.now(_UTC))
+
+                contenders["inc_sequence"][name] = asyncpg_same_inc
+                contenders["lookup_session"][name] = asyncpg_same_lookup
             try:
                 result["single"] = {
                     op: await _interleaved(c, ids, rounds=rounds, per_round=per_round)
@@ -312,6 +346,25 @@ def asyncio_postgres(
     return result
 
 
+def _store_cursor(store: AsyncStore) -> Callable[[], Any]:
+    """A function giving what ``store``'s next call would run its statement through:
+    its idle connection's cursor (asyncpg: the connection). Calls made with it between
+    the store's own (one task) run on the store's connection and server session."""
+    from sauce_sql.backends.postgresql.aio import AsyncServerExecutor
+
+    executor = store._executor  # noqa: SLF001
+    if not isinstance(executor, AsyncServerExecutor):
+        raise TypeError(f"not a PostgreSQL store: {executor!r}")
+
+    def cursor() -> Any:
+        got = executor.idle_cursor()
+        if got is None:
+            raise RuntimeError("the store holds no idle connection")
+        return got
+
+    return cursor
+
+
 def _asyncpg_url(url: str, **query: str) -> str:
     from sqlalchemy import make_url
 
@@ -371,11 +424,12 @@ def async_targets(results: dict[str, Any]) -> list[tuple[str, float, float, str]
         found.append((name, turn, 2.0, "ms"))
     pg = results.get("postgresql")
     if pg:
-        # Like against like: the store on each driver and setting against that raw driver.
+        # Like against like: the store on each driver and setting against that raw
+        # driver's own call, on the store's connection (the same server session).
         pairs = {
-            "psycopg": ("async", "psycopg"),
-            "asyncpg, no statement cache": ("async_asyncpg", "asyncpg_uncached"),
-            "asyncpg, prepared statements": ("async_asyncpg_prepared", "asyncpg"),
+            "psycopg": ("async", "psycopg_same"),
+            "asyncpg, no statement cache": ("async_asyncpg", "asyncpg_uncached_same"),
+            "asyncpg, prepared statements": ("async_asyncpg_prepared", "asyncpg_same"),
         }
         for op, figures in pg["single"].items():
             for label, (ours, raw) in pairs.items():

@@ -193,6 +193,13 @@ class AsyncServerExecutor:
 
     write_slow = write
 
+    def idle_cursor(self) -> Any | None:
+        """What the next call's statement would run through (the driver's cursor, or
+        asyncpg's connection) if a connection is idle, else None; left in the store's
+        hands. The bench runs the driver's own calls on it: the same server session."""
+        held = self._budget.peek_idle()
+        return None if held is None else held.cursor
+
     def checkpoint_soon(self) -> None:
         """Nothing to fold in: the server keeps its own log."""
 

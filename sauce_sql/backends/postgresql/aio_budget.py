@@ -56,6 +56,12 @@ class AsyncBudget(Generic[T]):
             return self._idle.pop()
         return None
 
+    def peek_idle(self) -> T | None:
+        """What :meth:`take_idle` would hand out next, left where it is."""
+        if self._idle and not self._line:
+            return self._idle[-1]
+        return None
+
     async def take(self, deadline: float) -> T | None:
         """An idle connection or None (open one), waiting in line until ``deadline``
         (``loop.time()``) for either; raises :class:`BudgetSpent` when none came free."""
