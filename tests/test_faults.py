@@ -9,6 +9,7 @@ it was.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -22,10 +23,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from _support import CounterLog, assert_cleaner_works, tagged_url, terminate_backends
 from conftest import PG_URL, drop_tables, require_postgres
 
-from sauce_sql import Store, StoreUnavailable
+from sauce_sql import AsyncStore, Store, StoreUnavailable
 
 PG = pytest.mark.postgresql
 
@@ -73,6 +75,41 @@ def test_killed_idle_connections_are_replaced(pg_table: tuple[str, str, str]) ->
         session = store.lookup_session("k")
         assert session is not None
         assert session.view_sequence == log.last
+
+
+@PG
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_async_store_replaces_killed_idle_connections(
+    pg_table: tuple[str, str, str], driver: str
+) -> None:
+    """AsyncStore as the sync store above: after its server processes are killed, a
+    read succeeds at once (retried once on a fresh connection) and an increment either
+    succeeds or fails with the driver's error as its cause, without being applied."""
+    url, name, table = pg_table
+    url = sa.make_url(url).set(drivername=f"postgresql+{driver}").render_as_string(False)
+
+    async def scenario() -> None:
+        async with AsyncStore(url, table_name=table, clean_interval=None) as store:
+            await store.new_session("k")
+            assert await store.inc_sequence("k", "view") == 1
+            for _ in range(3):
+                assert terminate_backends(url, name) >= 1
+                assert await store.lookup_session("k") is not None
+            log = CounterLog()
+            log.last = 1
+            for _ in range(3):
+                assert terminate_backends(url, name) >= 1
+                try:
+                    log.ok(await store.inc_sequence("k", "view"))
+                except StoreUnavailable as exc:
+                    failure: StoreUnavailable = exc
+                    log.fail()
+                    assert failure.__cause__ is not None
+                session = await store.lookup_session("k")
+                assert session is not None
+                assert session.view_sequence == log.last  # not applied, not retried
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 @PG

@@ -235,7 +235,12 @@ class AsyncServerExecutor:
         held = self._budget.take_idle()
         driver = self._driver
         if held is None or held.epoch != self._epoch or driver.lost(held.connection):
-            held = await self._connection(loop, deadline, held)
+            try:
+                held = await self._connection(loop, deadline, held)
+            except ConnectionLost:
+                if not retry:
+                    raise
+                return await self._run(prepared, parameters)  # lost while being set up
         # _execute's steps, written out: one coroutine fewer on every call's path.
         watchdog = self._watchdog
         watchdog.watch(held, deadline)
