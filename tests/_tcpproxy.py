@@ -22,6 +22,9 @@ class TcpProxy:
         # server, "server": sent to the client), and whether it has.
         self._triggers: dict[str, bytes] = {}
         self.silent = threading.Event()
+        # reset_once_when(): what the client sends that resets its connection, once.
+        self._reset_on = b""
+        self.reset = threading.Event()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port: int = probe.getsockname()[1]
@@ -61,11 +64,21 @@ class TcpProxy:
         byte sent to it taken and dropped, as a frozen server's kernel does."""
         self._triggers = {"client": client_sends, "server": server_sends}
 
+    def reset_once_when(self, client_sends: bytes) -> None:
+        """Reset the first connection whose client sends bytes holding ``client_sends``
+        (not passed on), as a server process that dies mid-statement does; later
+        connections are forwarded as usual. ``reset`` is set once that happened."""
+        self._reset_on = client_sends
+
     def _pump(self, source: socket.socket, sink: socket.socket, side: str) -> None:
         try:
             while data := source.recv(65536):
                 if self.silent.is_set():
                     continue
+                if side == "client" and self._reset_on and self._reset_on in data:
+                    self._reset_on = b""
+                    self.reset.set()
+                    break  # the finally below shuts both ends
                 trigger = self._triggers.get(side)
                 if trigger and trigger in data:
                     self.silent.set()

@@ -19,12 +19,14 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from _support import CounterLog, assert_cleaner_works, tagged_url, terminate_backends
+from _tcpproxy import TcpProxy
 from conftest import PG_URL, drop_tables, require_postgres
 
 from sauce_sql import AsyncStore, Store, StoreUnavailable
@@ -122,6 +124,33 @@ def test_async_store_replaces_killed_idle_connections(
     # have noticed: a write retried on a fresh connection would succeed every time.
     assert log.failed >= 1, "no increment failed on a killed connection: retried?"
     assert log.acked == 3
+
+
+@PG
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_async_read_is_retried_when_its_new_connection_dies_while_set_up(driver: str) -> None:
+    """AsyncStore's first connection dies as it sets its session up (reset at its SET
+    TIME ZONE): start()'s first read, the server's clock, is retried once on a fresh
+    connection, and the store works."""
+    require_postgres()
+    target = sa.make_url(PG_URL)
+    proxy = TcpProxy((target.host or "127.0.0.1", target.port or 5432))
+    table = f"t_setup_{uuid.uuid4().hex[:10]}"
+    proxied = target.set(drivername=f"postgresql+{driver}", host="127.0.0.1", port=proxy.port)
+    url = proxied.update_query_dict({"sslmode": "disable"}).render_as_string(False)
+
+    async def scenario() -> int:
+        async with AsyncStore(url, table_name=table, clean_interval=None) as store:
+            assert proxy.reset.is_set()
+            sid = (await store.new_session()).session_id
+            return await store.inc_sequence(sid, "view")
+
+    try:
+        proxy.reset_once_when(b"SET TIME ZONE 'UTC'")
+        assert asyncio.run(asyncio.wait_for(scenario(), 60)) == 1
+    finally:
+        proxy.close()
+        drop_tables(PG_URL, table)
 
 
 @PG
