@@ -218,69 +218,58 @@ def asyncio_postgres(
                 dsn, autocommit=True, prepare_threshold=None
             )
             await connection.execute("SET TIME ZONE 'UTC'")
-            cursor = connection.cursor()
+            own_cursor = connection.cursor()
+            dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
 
-            async def psycopg_inc(sid: str) -> Any:
-                now = datetime.now(_UTC)
-                values = {"view_sequence_1": 1, "now": now, "expires": now + max_age, "sid": sid}
-                await cursor.execute(inc, values)
-                return await cursor.fetchone()
+            def psycopg_ops(cursor_of: Callable[[], Any]) -> dict[str, Callable[[str], Any]]:
+                async def psycopg_inc(sid: str) -> Any:
+                    now = datetime.now(_UTC)
+                    values = {
+                        "view_sequence_1": 1,
+                        "now": now,
+                        "expires": now + max_age,
+                        "sid": sid,
+                    }
+                    cursor = cursor_of()
+                    await cursor.execute(inc, values)
+                    return await cursor.fetchone()
 
-            async def psycopg_lookup(sid: str) -> Any:
-                await cursor.execute(select, {"sid": sid, "now": datetime.now(_UTC)})
-                return await cursor.fetchone()
+                async def psycopg_lookup(sid: str) -> Any:
+                    cursor = cursor_of()
+                    await cursor.execute(select, {"sid": sid, "now": datetime.now(_UTC)})
+                    return await cursor.fetchone()
 
-            contenders["inc_sequence"]["psycopg"] = psycopg_inc
-            contenders["lookup_session"]["psycopg"] = psycopg_lookup
+                return {"inc_sequence": psycopg_inc, "lookup_session": psycopg_lookup}
+
+            def asyncpg_ops(connection_of: Callable[[], Any]) -> dict[str, Callable[[str], Any]]:
+                async def asyncpg_inc(sid: str) -> Any:
+                    now = datetime.now(_UTC)
+                    return await connection_of().fetchrow(dollar_inc, 1, now, now + max_age, sid)
+
+                async def asyncpg_lookup(sid: str) -> Any:
+                    return await connection_of().fetchrow(dollar_select, sid, datetime.now(_UTC))
+
+                return {"inc_sequence": asyncpg_inc, "lookup_session": asyncpg_lookup}
+
+            raws = {"psycopg": psycopg_ops(_given(own_cursor))}
+            asyncpgs = [await _asyncpg(dsn, result, cache) for cache in (100, 0)]
+            for name, raw in zip(("asyncpg", "asyncpg_uncached"), asyncpgs, strict=True):
+                if raw is not None:
+                    raws[name] = asyncpg_ops(_given(raw))
             # The driver's own calls on the store's own connection too: the same server
             # session as the store's calls. A connection of its own can get a server
             # process on the other CPU, whose every round trip then costs a wake-up of
             # that CPU: on a 2-CPU VM that moved a lookup between 30 and 115 us.
-            await store.lookup_session(ids[0])
-            same_psycopg = _store_cursor(store)
-
-            async def psycopg_same_inc(sid: str) -> Any:
-                now = datetime.now(_UTC)
-                values = {"view_sequence_1": 1, "now": now, "expires": now + max_age, "sid": sid}
-                cur = same_psycopg()
-                await cur.execute(inc, values)
-                return await cur.fetchone()
-
-            async def psycopg_same_lookup(sid: str) -> Any:
-                cur = same_psycopg()
-                await cur.execute(select, {"sid": sid, "now": datetime.now(_UTC)})
-                return await cur.fetchone()
-
-            contenders["inc_sequence"]["psycopg_same"] = psycopg_same_inc
-            contenders["lookup_session"]["psycopg_same"] = psycopg_same_lookup
-            asyncpgs = [await _asyncpg(dsn, result, cache) for cache in (100, 0)]
-            dollar_inc, dollar_select = dollar["increment_view"][0], dollar["select_live"][0]
-            for name, raw in zip(("asyncpg", "asyncpg_uncached"), asyncpgs, strict=True):
-                if raw is None:
-                    continue
-
-                async def asyncpg_inc(sid: str, raw: Any = raw) -> Any:
-                    now = datetime.now(_UTC)
-                    return await raw.fetchrow(dollar_inc, 1, now, now + max_age, sid)
-
-                async def asyncpg_lookup(sid: str, raw: Any = raw) -> Any:
-                    return await raw.fetchrow(dollar_select, sid, datetime.now(_UTC))
-
-                contenders["inc_sequence"][name] = asyncpg_inc
-                contenders["lookup_session"][name] = asyncpg_lookup
-            for name, ours in (("asyncpg_same", prepared), ("asyncpg_uncached_same", on_asyncpg)):
+            for name, ours, build in (
+                ("psycopg_same", store, psycopg_ops),
+                ("asyncpg_same", prepared, asyncpg_ops),
+                ("asyncpg_uncached_same", on_asyncpg, asyncpg_ops),
+            ):
                 await ours.lookup_session(ids[0])
-                same = _store_cursor(ours)
-
-                async def asyncpg_same_inc(sid: str, same: Any = same) -> Any:
-                    now = datetime.now(_UTC)
-                    return await same().fetchrow(dollar_inc, 1, now, now + max_age, sid)
-
-                async def asyncpg_same_lookup(sid: str, same: Any = same) -> Any:
-                    return await same().fetchrow(dollar_select, sid, datetime.now(_UTC))
-
-                contenders["inc_sequence"][name] = asyncpg_same_inc
-                contenders["lookup_session"][name] = asyncpg_same_lookup
+                raws[name] = build(_store_cursor(ours))
+            for name, ops in raws.items():
+                for op, call in ops.items():
+                    contenders[op][name] = call
             try:
                 result["single"] = {
                     op: await _interleaved(c, ids, rounds=rounds, per_round=per_round)
@@ -344,6 +333,11 @@ def asyncio_postgres(
             for name in store_table_names(table):
                 connection.execute(f"DROP TABLE IF EXISTS {name}")
     return result
+
+
+def _given(value: Any) -> Callable[[], Any]:
+    """A function giving ``value``: a raw contender's own connection or cursor."""
+    return lambda: value
 
 
 def _store_cursor(store: AsyncStore) -> Callable[[], Any]:
