@@ -20,6 +20,7 @@ import pytest
 from sauce_sql import AsyncStore, Store, StoreUnavailable
 from sauce_sql.backends.sqlite import dialect as sqlite_dialect
 from sauce_sql.backends.sqlite import executor as executor_module
+from sauce_sql.backends.sqlite import lease
 from sauce_sql.bench.file_processes import writers_on_one_file
 
 pytestmark = [
@@ -40,6 +41,48 @@ with Store("sqlite:///" + sys.argv[1], clean_interval=None) as store:
     time.sleep(float(sys.argv[2]))
     executor.give_turn()
     print("given", flush=True)
+    time.sleep(60)
+"""
+
+
+# A process that writes a few times in a row, then stops writing with its store open.
+WRITE_THEN_STOP = """
+import sys, time
+from sauce_sql import Store
+with Store("sqlite:///" + sys.argv[1], clean_interval=None) as store:
+    sid = store.new_session().session_id
+    file_turns = store._executor._turns
+    while not file_turns.needed():
+        time.sleep(0.01)  # the parent's presence is not seen yet
+    for _ in range(20):
+        store.inc_sequence(sid, "view")
+    print(file_turns.kept, flush=True)
+    time.sleep(60)
+"""
+
+# A process keeps its turn on one file for a long slice, closes that file's store (its
+# descriptor then goes, and the number is free), and takes its turn on another file.
+KEEP_THEN_CLOSE = """
+import sys, time
+from sauce_sql import Store
+from sauce_sql.backends.sqlite import lease, turns
+turns.SLICE = turns.LINGER = 1.0
+first = Store("sqlite:///" + sys.argv[1], clean_interval=None).start()
+sid = first.new_session().session_id
+first_turns = first._executor._turns
+while not first_turns.needed():
+    time.sleep(0.01)
+first.inc_sequence(sid, "view")  # the turn is kept for a second
+first_fd = lease.descriptor(first_turns.key)
+first.close()
+with Store("sqlite:///" + sys.argv[2], clean_interval=None) as second:
+    executor = second._executor
+    while not executor.take_turn(time.monotonic() + 5):
+        time.sleep(0.01)
+    print(first_fd, lease.descriptor(executor._turns.key), flush=True)
+    while first_turns._kept is not None:
+        time.sleep(0.01)  # the locker thread's second is up
+    print("let go", flush=True)
     time.sleep(60)
 """
 
@@ -73,6 +116,58 @@ def test_writers_of_eight_processes_wait_their_turn_not_seconds(tmp_path: Path) 
     assert figures["out_of_order"] == 0
     assert figures["cleaned"] == 20_000
     assert figures["latency"]["worst_us"] < 1_000_000, figures
+
+
+def test_a_process_keeps_its_turn_while_writing_and_lets_go_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    """Writes in a row take the process's kept turn (no hand-over to another process
+    after each), and a process that stops writing lets the turn go within its slice:
+    another process's write then waits for nothing."""
+    database = str(tmp_path / "sessions.db")
+    with Store(f"sqlite:///{database}", clean_interval=None) as store:
+        sid = store.new_session().session_id
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITE_THEN_STOP, database], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert writer.stdout is not None
+            kept = int(writer.stdout.readline())
+            started = time.monotonic()
+            assert store.inc_sequence(sid, "view") == 1
+            took = time.monotonic() - started
+        finally:
+            _stop(writer)
+    assert kept > 0  # 20 writes in a row: the later ones took the kept turn
+    assert took < 0.5  # the deadline is 5 s: the writer's turn was not kept for ever
+
+
+def test_a_kept_turn_is_not_let_go_on_a_closed_descriptor_number(tmp_path: Path) -> None:
+    """A store closed while its process keeps the turn: the descriptor goes (and the
+    kernel lets its locks go with it). When the slice ends, the turn must not be
+    "let go" on whatever file that descriptor number belongs to by then: here the
+    process's turn on another file, which it holds."""
+    first, second = str(tmp_path / "first.db"), str(tmp_path / "second.db")
+    with (
+        Store(f"sqlite:///{first}", clean_interval=None),
+        Store(f"sqlite:///{second}", clean_interval=None),
+    ):
+        child = subprocess.Popen(
+            [sys.executable, "-c", KEEP_THEN_CLOSE, first, second],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            first_fd, second_fd = child.stdout.readline().split()
+            assert child.stdout.readline().strip() == "let go"
+            fd = lease.descriptor(lease.key(second))
+            assert fd is not None
+            still_held = lease.holds_others(fd, 3)  # turns.py's turn byte
+        finally:
+            _stop(child)
+    assert first_fd == second_fd  # the number was reused: the case this guards
+    assert still_held
 
 
 def test_a_killed_holder_passes_the_turn_on(tmp_path: Path) -> None:

@@ -40,14 +40,17 @@ from collections.abc import AsyncIterator, Iterator
 
 __all__ = [
     "LEASE_SUFFIX",
+    "Handle",
     "acleanup_lease",
     "cleanup_lease",
     "descriptor",
     "enter",
+    "handle",
     "holds_others",
     "key",
     "leave",
     "others_present",
+    "unlock",
 ]
 
 logger = logging.getLogger("sauce_sql.cleanup")
@@ -91,6 +94,26 @@ def descriptor(key: str) -> int | None:
     this process uses it (None otherwise). Lock bytes of it; never close it."""
     held = _files.get(key)
     return None if held is None else held.fd
+
+
+#: This process's hold on one lease file, as :func:`handle` gives it.
+Handle = _File
+
+
+def handle(key: str) -> Handle | None:
+    """This process's hold on the lease file of the file :func:`key` named, while a
+    store of the process uses it: the same object until the last store leaves."""
+    return _files.get(key)
+
+
+def unlock(key: str, held: Handle, byte: int) -> None:
+    """Let this process's lock on ``byte`` of ``held`` go, unless the file was left
+    meanwhile: closing its descriptor let every lock go already, and the number may
+    belong to another file by now."""
+    with _lock:
+        if _files.get(key) is held:
+            with contextlib.suppress(OSError):
+                fcntl.lockf(held.fd, fcntl.LOCK_UN, 1, byte)
 
 
 def enter(database: str) -> None:
