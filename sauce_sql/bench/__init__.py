@@ -55,6 +55,9 @@ from sauce_sql.store import Store
 __all__ = ["PARTS", "BenchOptions", "main", "run"]
 
 MAX_AGE = 3600.0
+#: The pause (s) after each write of the paced processes: writers of one file that each
+#: write now and then, not flat out.
+PACE = 0.001
 #: What ``--only`` picks from, in the order they run.
 PARTS = ("sqlite", "postgresql", "lean-expiry", "pgbouncer", "asyncio", "memory")
 _SERVER_PARTS = ("postgresql", "lean-expiry", "pgbouncer")
@@ -147,6 +150,14 @@ def _sqlite(directory: Path, o: BenchOptions, redis: RedisClient | None) -> dict
         _log("sqlite: 4 processes")
         result["processes"] = {
             kind: work.process_writers(kind, url, table, ids[:200], processes=4, seconds=o.seconds)
+            for kind, table in (("store", "bench_store"), ("raw", "bench_raw"))
+        }
+        # One write every PACE each: what a turn kept for nothing would cost them.
+        _log("sqlite: 4 processes, a write every 1 ms each")
+        result["processes_paced"] = {
+            kind: work.process_writers(
+                kind, url, table, ids[:200], processes=4, seconds=o.seconds, pace=PACE
+            )
             for kind, table in (("store", "bench_store"), ("raw", "bench_raw"))
         }
         _log(f"sqlite: cleanup of {o.cleanup_rows} expired rows under a writer")

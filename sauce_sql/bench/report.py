@@ -87,6 +87,10 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
         procs = lite["processes"]["store"]
         at_most("sqlite 4 processes: increments lost", procs["acked"] - procs["stored"], 0, "")
         at_most("sqlite 4 processes: errors (SQLITE_BUSY)", procs["errors"], 0, "")
+        paced = lite.get("processes_paced", {}).get("store")
+        if paced is not None:
+            lost = paced["acked"] - paced["stored"]
+            at_most("sqlite 4 processes, paced: increments lost", lost, 0, "")
         clean = lite["cleanup"]
         worst = clean["store"]["worst_wait_ms"]
         at_most("sqlite cleanup: writer's worst wait, all runs", worst, 50, "ms")
@@ -243,10 +247,18 @@ def _concurrency(lite: dict[str, Any]) -> list[str]:
         f" raw {full['raw']['median_us']:.1f} us ({_ratio(full, 'store', 'raw'):.2f}x)"
     )
     for kind, p in lite["processes"].items():
+        lat = p["latency"]
         lines.append(
             f"  {kind}, 4 processes: {p['acked'] / p['wall_s']:>9.0f} ops/s (incl. start-up),"
             f" acked {p['acked']}, stored {p['stored']}, errors {p['errors']},"
-            f" worst {p['latency']['worst_us'] / 1000:.1f} ms"
+            f" med {lat['median_us']:.1f} us, worst {lat['worst_us'] / 1000:.1f} ms"
+        )
+    for kind, p in lite.get("processes_paced", {}).items():
+        lat = p["latency"]
+        lines.append(
+            f"  {kind}, 4 processes, a write every 1 ms each: {p['acked']} calls,"
+            f" med {lat['median_us']:.1f} us, p99 {lat['p99_us']:.1f} us,"
+            f" worst {lat['worst_us'] / 1000:.1f} ms, lost {p['acked'] - p['stored']}"
         )
     return lines
 

@@ -146,8 +146,11 @@ def _threads_once(
     return [x for r in results for x in r], elapsed
 
 
-def _process_worker(kind: str, url: str, table: str, ids: list[str], seconds: float) -> Any:
-    """One writer process: increments until ``seconds`` pass; reports acks and errors."""
+def _process_worker(
+    kind: str, url: str, table: str, ids: list[str], seconds: float, pace: float
+) -> Any:
+    """One writer process: increments until ``seconds`` pass, sleeping ``pace`` seconds
+    after each (0: flat out); reports acks and errors."""
     from sauce_sql.bench.clients import RawSQLite
     from sauce_sql.store import Store
 
@@ -173,20 +176,30 @@ def _process_worker(kind: str, url: str, table: str, ids: list[str], seconds: fl
             continue
         samples.append(clock() - start)
         acked += 1
+        if pace:
+            time.sleep(pace)
     if store is not None:
         store.close()
     return acked, errors, samples
 
 
 def process_writers(
-    kind: str, url: str, table: str, ids: list[str], *, processes: int, seconds: float
+    kind: str,
+    url: str,
+    table: str,
+    ids: list[str],
+    *,
+    processes: int,
+    seconds: float,
+    pace: float = 0.0,
 ) -> dict[str, Any]:
-    """``processes`` processes incrementing at once; acknowledged against stored."""
+    """``processes`` processes incrementing at once, flat out or ``pace`` seconds apart;
+    acknowledged against stored."""
     path = url.removeprefix("sqlite:///")
     before = _counter_sum(path, table)
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool:
-        args = [(kind, url, table, ids, seconds)] * processes
+        args = [(kind, url, table, ids, seconds, pace)] * processes
         started = time.perf_counter()
         outcomes = pool.starmap(_process_worker, args)
         elapsed = time.perf_counter() - started

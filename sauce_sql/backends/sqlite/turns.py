@@ -24,11 +24,13 @@ once. One head of the process at a time takes the turn (a mutex per file), which
 makes the stores of one process on the file that do not share a write path (another
 durability, an application's own engine, AsyncStore's inline writes) take turns.
 
-A process keeps its turn for a short *slice* after a write, so that a process writing
-flat out does not hand the file over (a wake-up of another process, on another CPU
-or not) after every transaction: its next head takes the kept turn with no system
-call. The slice ends :data:`SLICE` seconds after the turn was taken, or as soon as
-the process has written nothing for :data:`LINGER` seconds, whichever comes first; the
+A process writing flat out keeps its turn for a short *slice*, so that it does not
+hand the file over (a wake-up of another process, on another CPU or not) after every
+transaction: its next head takes the kept turn with no system call. Only a write that
+began within :data:`LINGER` seconds of the process's last one keeps the turn when it
+is done; one write now and then hands it on at once, as a kept turn would make the
+others wait for nothing. The slice ends :data:`SLICE` seconds after the turn was
+taken, or :data:`LINGER` after the process's last write, whichever comes first; the
 locker thread gives a kept turn back then, and a head that finds its slice over gives
 it back and queues behind the other processes like any other. Handing the turn over
 after every transaction had 4 processes writing flat out make a third of the calls
@@ -59,9 +61,10 @@ RECHECK = 0.1
 #: waiting for the turn waits at most for each process ahead of it (plus the write
 #: under way when the slice ends).
 SLICE = 0.001
-#: How long (s) a kept turn outlasts the process's last write: a process that stops
-#: writing lets the others go before its slice is over.
-LINGER = 0.0005
+#: A turn is kept only by a process whose write began within this long (s) of its
+#: last one's end (writing flat out, not one write now and then), and for no longer
+#: than this after its last write: a process that stops lets the others go at once.
+LINGER = 0.0002
 #: How long (s) an idle locker thread stays before it ends.
 _IDLE = 2.0
 _PRESENCE, _GATE, _TURN = 0, 2, 3  # the bytes of the lease file (lease.py has 0 and 1)
@@ -107,10 +110,12 @@ class FileTurns:
         self._thread: threading.Thread | None = None
         self._fd: int | None = None  # the descriptor the head's turn is on
         # A turn kept between heads (the mutex guards these): the lease file it is on,
-        # when its slice ends, and when the last head gave it back.
+        # when its slice ends, when the last head gave a turn back, and whether the
+        # head now holding the turn came within LINGER of that.
         self._kept: lease.Handle | None = None
         self._slice_end = 0.0
         self._given_at = 0.0
+        self._in_a_row = False
 
     def needed(self) -> bool:
         """Whether another process uses the file (the answer may be RECHECK old)."""
@@ -129,7 +134,7 @@ class FileTurns:
         if not self._mutex.acquire(timeout=max(deadline - _clock(), 0.0)):
             raise TurnTimeout
         try:
-            if self._resume():
+            if self._resume(_clock()):
                 return True
             fd = lease.descriptor(self.key)
             if fd is None:
@@ -156,7 +161,7 @@ class FileTurns:
         if not self._mutex.acquire(blocking=False):
             return False
         try:
-            if self._resume():
+            if self._resume(_clock()):
                 return True
             fd = lease.descriptor(self.key)
             if fd is None:
@@ -180,10 +185,15 @@ class FileTurns:
         try:
             fd, self._fd = self._fd, None
             if fd is not None:
-                now = _clock()
+                now = self._given_at = _clock()
                 handle = lease.handle(self.key)
-                if now < self._slice_end and handle is not None and handle.fd == fd:
-                    self._keep(handle, now)
+                if (
+                    self._in_a_row
+                    and now < self._slice_end
+                    and handle is not None
+                    and handle.fd == fd
+                ):
+                    self._keep(handle)
                 else:
                     self._kept = None
                     _unlock(fd, _TURN)
@@ -195,13 +205,16 @@ class FileTurns:
         self._fd = fd
         self._slice_end = _clock() + SLICE
 
-    def _resume(self) -> bool:
+    def _resume(self, now: float) -> bool:
         """Take back the turn the process kept, if its slice lasts (the mutex is held);
         a turn whose slice is over is let go, for the caller to queue again."""
+        # Whether this write follows the last one at once: only then is the turn kept
+        # when it is given back.
+        self._in_a_row = now - self._given_at < LINGER
         kept = self._kept
         if kept is None:
             return False
-        if _clock() < self._slice_end and lease.handle(self.key) is kept:
+        if now < self._slice_end and lease.handle(self.key) is kept:
             # Still kept while the head has it: its give() then only moves the linger.
             self._fd = kept.fd
             self.kept += 1
@@ -210,10 +223,9 @@ class FileTurns:
         lease.unlock(self.key, kept, _TURN)
         return False
 
-    def _keep(self, handle: lease.Handle, now: float) -> None:
+    def _keep(self, handle: lease.Handle) -> None:
         """Keep the turn on ``handle`` for the process's next head (the mutex is held);
         the locker thread lets it go when the slice or the linger ends."""
-        self._given_at = now
         if self._kept is handle:
             return  # the locker looks at it already: no wake-up per write
         self._kept = handle
