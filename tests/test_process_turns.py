@@ -54,8 +54,10 @@ with Store("sqlite:///" + sys.argv[1], clean_interval=None) as store:
     file_turns = store._executor._turns
     while not file_turns.needed():
         time.sleep(0.01)  # the parent's presence is not seen yet
-    for _ in range(20):
+    for _ in range(500):  # back to back; a busy machine may break the odd run
         store.inc_sequence(sid, "view")
+        if file_turns.kept:
+            break
     print(file_turns.kept, flush=True)
     time.sleep(60)
 """
@@ -138,7 +140,7 @@ def test_a_process_keeps_its_turn_while_writing_and_lets_go_when_it_stops(
             took = time.monotonic() - started
         finally:
             _stop(writer)
-    assert kept > 0  # 20 writes in a row: the later ones took the kept turn
+    assert kept > 0  # writes in a row: one at least took the kept turn
     assert took < 0.5  # the deadline is 5 s: the writer's turn was not kept for ever
 
 
