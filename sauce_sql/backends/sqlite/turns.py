@@ -108,7 +108,8 @@ class FileTurns:
         self._granted = False  # the locker holds the turn for the head
         self._busy = False  # the locker waits in the kernel
         self._thread: threading.Thread | None = None
-        self._fd: int | None = None  # the descriptor the head's turn is on
+        # The lease file the head's turn is on (None: granted with no lease file).
+        self._held: lease.Handle | None = None
         # A turn kept between heads (the mutex guards these): the lease file it is on,
         # when its slice ends, when the last head gave a turn back, and whether the
         # head now holding the turn came within LINGER of that.
@@ -136,14 +137,14 @@ class FileTurns:
         try:
             if self._resume(_clock()):
                 return True
-            fd = lease.descriptor(self.key)
-            if fd is None:
+            held = lease.handle(self.key)
+            if held is None:
                 self._mutex.release()
                 return False
             with self._cond:
                 busy = self._busy
-            if not busy and self._try(fd):
-                self._began(fd)
+            if not busy and self._try(held.fd):
+                self._began(held)
                 self.at_once += 1
                 return True
             self._began(self._wait(deadline))
@@ -163,14 +164,14 @@ class FileTurns:
         try:
             if self._resume(_clock()):
                 return True
-            fd = lease.descriptor(self.key)
-            if fd is None:
+            held = lease.handle(self.key)
+            if held is None:
                 self._mutex.release()
                 return None
             with self._cond:
                 busy = self._busy
-            if not busy and self._try(fd):
-                self._began(fd)
+            if not busy and self._try(held.fd):
+                self._began(held)
                 self.at_once += 1
                 return True
         except BaseException:
@@ -183,26 +184,24 @@ class FileTurns:
         """Give back the turn :meth:`take` (or :meth:`try_take`) returned True for: kept
         for the process's next head while its slice lasts, else let go."""
         try:
-            fd, self._fd = self._fd, None
-            if fd is not None:
+            held, self._held = self._held, None
+            if held is not None:
                 now = self._given_at = _clock()
-                handle = lease.handle(self.key)
-                if (
+                kept = (
                     self._in_a_row
                     and now < self._slice_end
-                    and handle is not None
-                    and handle.fd == fd
-                ):
-                    self._keep(handle)
-                else:
+                    and lease.handle(self.key) is held
+                    and self._keep(held)
+                )
+                if not kept:
                     self._kept = None
-                    _unlock(fd, _TURN)
+                    lease.unlock(self.key, held, _TURN)
         finally:
             self._mutex.release()
 
-    def _began(self, fd: int | None) -> None:
-        """A turn was taken on ``fd``: its slice starts now."""
-        self._fd = fd
+    def _began(self, held: lease.Handle | None) -> None:
+        """A turn was taken on ``held``'s lease file: its slice starts now."""
+        self._held = held
         self._slice_end = _clock() + SLICE
 
     def _resume(self, now: float) -> bool:
@@ -216,29 +215,36 @@ class FileTurns:
             return False
         if now < self._slice_end and lease.handle(self.key) is kept:
             # Still kept while the head has it: its give() then only moves the linger.
-            self._fd = kept.fd
+            self._held = kept
             self.kept += 1
             return True
         self._kept = None
         lease.unlock(self.key, kept, _TURN)
         return False
 
-    def _keep(self, handle: lease.Handle) -> None:
-        """Keep the turn on ``handle`` for the process's next head (the mutex is held);
-        the locker thread lets it go when the slice or the linger ends."""
-        if self._kept is handle:
-            return  # the locker looks at it already: no wake-up per write
-        self._kept = handle
+    def _keep(self, held: lease.Handle) -> bool:
+        """Keep the turn on ``held`` for the process's next head (the mutex is held);
+        the locker thread lets it go when the slice or the linger ends. False if
+        there is no locker thread to do that (none can be started): let it go now."""
+        if self._kept is held:
+            return True  # the locker looks at it already: no wake-up per write
         with self._cond:
-            self._start_locker()
+            try:
+                self._start_locker()
+            except RuntimeError:  # no new thread (at interpreter exit, say)
+                return False
+            self._kept = held
             self._cond.notify_all()
+        return True
 
     def _let_kept_go(self) -> float | None:
         """In the locker thread: let a kept turn go if its time is up; when to look
-        again (None: nothing kept)."""
+        again (None: not before a head keeps a turn again, which wakes the thread)."""
         if not self._mutex.acquire(blocking=False):
-            # A head has it (and gives it back or keeps it as it finishes).
-            return _clock() + LINGER if self._kept is not None else None
+            # A head has the turn. Once the slice is over, the head's give() lets it
+            # go itself; until then, look again when the slice ends.
+            end = self._slice_end
+            return end if self._kept is not None and _clock() < end else None
         try:
             kept = self._kept
             if kept is None:
@@ -266,7 +272,7 @@ class FileTurns:
             _unlock(fd, _GATE)
         return True
 
-    def _wait(self, deadline: float) -> int | None:
+    def _wait(self, deadline: float) -> lease.Handle | None:
         """Have the locker thread wait for the turn; the mutex is held."""
         with self._cond:
             self._wanted, self._granted = True, False
@@ -280,12 +286,12 @@ class FileTurns:
                         raise TurnTimeout
                     self._cond.wait(left)
                 taken = True
-                return self._fd
+                return self._held
             finally:
-                if not taken and self._granted and self._fd is not None:
+                if not taken and self._granted and self._held is not None:
                     # Granted as an interrupt landed: nobody is to use it.
-                    _unlock(self._fd, _TURN)
-                    self._fd = None
+                    lease.unlock(self.key, self._held, _TURN)
+                    self._held = None
                 # No longer wanted: the locker gives back a turn it gets later.
                 self._wanted = self._granted = False
 
@@ -312,16 +318,16 @@ class FileTurns:
                         self._thread = None
                         return
                 self._busy = True
-            fd = lease.descriptor(self.key)
-            got = fd is None
-            if fd is not None:
+            held = lease.handle(self.key)
+            got = held is None
+            if held is not None:
                 try:
-                    _lock(fd, _GATE, wait=True)
+                    _lock(held.fd, _GATE, wait=True)
                     try:
-                        _lock(fd, _TURN, wait=True)
+                        _lock(held.fd, _TURN, wait=True)
                         got = True
                     finally:
-                        _unlock(fd, _GATE)
+                        _unlock(held.fd, _GATE)
                 except OSError:
                     # EDEADLK: the kernel sees a cycle through this process's other
                     # files (a head holding a turn there). Not one: try again soon.
@@ -329,10 +335,10 @@ class FileTurns:
             with cond:
                 self._busy = False
                 if got and self._wanted and not self._granted:
-                    self._granted, self._fd = True, fd
+                    self._granted, self._held = True, held
                     cond.notify_all()
-                elif got and fd is not None:
-                    _unlock(fd, _TURN)  # the head gave up meanwhile
+                elif got and held is not None:
+                    lease.unlock(self.key, held, _TURN)  # the head gave up meanwhile
 
 
 _files: dict[str, FileTurns] = {}
