@@ -33,9 +33,9 @@ others wait for nothing. The slice ends :data:`SLICE` seconds after the turn was
 taken, or :data:`LINGER` after the process's last write, whichever comes first; the
 locker thread gives a kept turn back then, and a head that finds its slice over gives
 it back and queues behind the other processes like any other. Handing the turn over
-after every transaction had 4 processes writing flat out make a third of the calls
-they made with no turns (benchmarks/README.md); a slice bounds what one process can
-take: the others wait for at most a slice each, not for a process's whole backlog.
+after every transaction cost processes writing flat out most of their calls (the
+figures are in benchmarks/README.md); a slice bounds what one process can take: the
+others wait for at most a slice each, not for a process's whole backlog.
 
 A process alone on the file takes no lock: whether others are there is asked again
 at most every :data:`RECHECK` seconds. The kernel lets go of a dead process's locks,
