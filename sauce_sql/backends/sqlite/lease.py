@@ -67,13 +67,18 @@ _FLOCK = "hhqqi"
 class _File:
     """This process's hold on one database's lease file."""
 
-    __slots__ = ("fd", "round", "users")
+    __slots__ = ("closed", "fd", "guard", "round", "users")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.users = 0
         # The lease within the process (record locks do not keep threads apart).
         self.round = threading.Lock()
+        # Closing the descriptor and letting a lock on it go exclude each other. Not
+        # the module's lock: a fork holds that one while it waits for the writers'
+        # SQLite work to end, and a writer lets its turn go inside that work.
+        self.guard = threading.Lock()
+        self.closed = False
 
 
 _files: dict[str, _File] = {}
@@ -106,12 +111,12 @@ def handle(key: str) -> Handle | None:
     return _files.get(key)
 
 
-def unlock(key: str, held: Handle, byte: int) -> None:
+def unlock(held: Handle, byte: int) -> None:
     """Let this process's lock on ``byte`` of ``held`` go, unless the file was left
     meanwhile: closing its descriptor let every lock go already, and the number may
     belong to another file by now."""
-    with _lock:
-        if _files.get(key) is held:
+    with held.guard:
+        if not held.closed:
             with contextlib.suppress(OSError):
                 fcntl.lockf(held.fd, fcntl.LOCK_UN, 1, byte)
 
@@ -141,7 +146,9 @@ def leave(database: str) -> None:
         held.users -= 1
         if held.users <= 0:
             del _files[_key(database)]
-            os.close(held.fd)  # lets every lock of the process on it go
+            with held.guard:
+                held.closed = True
+                os.close(held.fd)  # lets every lock of the process on it go
 
 
 def _be_present(held: _File) -> None:
@@ -247,6 +254,7 @@ def _after_in_child() -> None:
     _lock = threading.Lock()
     for held in _files.values():
         held.round = threading.Lock()
+        held.guard = threading.Lock()
         _be_present(held)
 
 

@@ -195,7 +195,7 @@ class FileTurns:
                 )
                 if not kept:
                     self._kept = None
-                    lease.unlock(self.key, held, _TURN)
+                    lease.unlock(held, _TURN)
         finally:
             self._mutex.release()
 
@@ -219,7 +219,7 @@ class FileTurns:
             self.kept += 1
             return True
         self._kept = None
-        lease.unlock(self.key, kept, _TURN)
+        lease.unlock(kept, _TURN)
         return False
 
     def _keep(self, held: lease.Handle) -> bool:
@@ -253,7 +253,7 @@ class FileTurns:
             if _clock() < due:
                 return due
             self._kept = None
-            lease.unlock(self.key, kept, _TURN)
+            lease.unlock(kept, _TURN)
             return None
         finally:
             self._mutex.release()
@@ -290,7 +290,7 @@ class FileTurns:
             finally:
                 if not taken and self._granted and self._held is not None:
                     # Granted as an interrupt landed: nobody is to use it.
-                    lease.unlock(self.key, self._held, _TURN)
+                    lease.unlock(self._held, _TURN)
                     self._held = None
                 # No longer wanted: the locker gives back a turn it gets later.
                 self._wanted = self._granted = False
@@ -338,7 +338,7 @@ class FileTurns:
                     self._granted, self._held = True, held
                     cond.notify_all()
                 elif got and held is not None:
-                    lease.unlock(self.key, held, _TURN)  # the head gave up meanwhile
+                    lease.unlock(held, _TURN)  # the head gave up meanwhile
 
 
 _files: dict[str, FileTurns] = {}
