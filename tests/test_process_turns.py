@@ -77,13 +77,13 @@ first_turns = first._executor._turns
 while not first_turns.needed():
     time.sleep(0.01)
 first.inc_sequence(sid, "view")  # the turn is kept for a second
-first_fd = lease.descriptor(first_turns.key)
+first_fd = lease.handle(first_turns.key).fd
 first.close()
 with Store("sqlite:///" + sys.argv[2], clean_interval=None) as second:
     executor = second._executor
     while not executor.take_turn(time.monotonic() + 5):
         time.sleep(0.01)
-    print(first_fd, lease.descriptor(executor._turns.key), flush=True)
+    print(first_fd, lease.handle(executor._turns.key).fd, flush=True)
     for _ in range(500):
         if first_turns._kept is None:
             break
@@ -168,9 +168,9 @@ def test_a_kept_turn_is_not_let_go_on_a_closed_descriptor_number(tmp_path: Path)
             assert child.stdout is not None
             first_fd, second_fd = child.stdout.readline().split()
             assert child.stdout.readline().strip() == "let go"
-            fd = lease.descriptor(lease.key(second))
-            assert fd is not None
-            still_held = lease.holds_others(fd, 3)  # turns.py's turn byte
+            held = lease.handle(lease.key(second))
+            assert held is not None
+            still_held = lease.holds_others(held.fd, 3)  # turns.py's turn byte
         finally:
             _stop(child)
     assert first_fd == second_fd  # the number was reused: the case this guards

@@ -43,7 +43,6 @@ __all__ = [
     "Handle",
     "acleanup_lease",
     "cleanup_lease",
-    "descriptor",
     "enter",
     "handle",
     "holds_others",
@@ -94,20 +93,14 @@ def key(database: str) -> str:
     return _key(database)
 
 
-def descriptor(key: str) -> int | None:
-    """The lease file's descriptor for the file :func:`key` named, while a store of
-    this process uses it (None otherwise). Lock bytes of it; never close it."""
-    held = _files.get(key)
-    return None if held is None else held.fd
-
-
 #: This process's hold on one lease file, as :func:`handle` gives it.
 Handle = _File
 
 
 def handle(key: str) -> Handle | None:
     """This process's hold on the lease file of the file :func:`key` named, while a
-    store of the process uses it: the same object until the last store leaves."""
+    store of the process uses it: the same object until the last store leaves (then
+    ``closed``). Lock bytes of its ``fd``; never close it."""
     return _files.get(key)
 
 

@@ -122,8 +122,8 @@ class FileTurns:
         """Whether another process uses the file (the answer may be RECHECK old)."""
         now = _clock()
         if now >= self.recheck_at:
-            fd = lease.descriptor(self.key)
-            self.present = fd is not None and lease.holds_others(fd, _PRESENCE)
+            held = lease.handle(self.key)
+            self.present = held is not None and lease.holds_others(held.fd, _PRESENCE)
             self.recheck_at = now + RECHECK
         return self.present
 
@@ -190,7 +190,7 @@ class FileTurns:
                 kept = (
                     self._in_a_row
                     and now < self._slice_end
-                    and lease.handle(self.key) is held
+                    and not held.closed
                     and self._keep(held)
                 )
                 if not kept:
@@ -213,7 +213,7 @@ class FileTurns:
         kept = self._kept
         if kept is None:
             return False
-        if now < self._slice_end and lease.handle(self.key) is kept:
+        if now < self._slice_end and not kept.closed:
             # Still kept while the head has it: its give() then only moves the linger.
             self._held = kept
             self.kept += 1
