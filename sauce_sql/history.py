@@ -230,6 +230,13 @@ def revive(
             yield Step(_statement(statements, "count_revival"), bucketed, write=True)
         return [tuple(row[:-1]) for row in rows]
 
+    if not only_if_expired:
+        # The common case first: the id's session is live (one UPDATE, on the write
+        # path as an increment is). Only without one does the transaction run.
+        rows, _ = yield Step(_statement(statements, "revive_live"), values, write=True)
+        if rows:
+            return list(rows)
+
     def body(run: Run) -> list[Sequence[Any]]:
         present, _ = run(_statement(statements, "live_expiry"), values)
         if not present:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    update,
 )
 
 from sauce_sql import history_pg
@@ -100,6 +101,7 @@ class HistoryStatements:
     revive_if_expired: Select[Any] | None
     revive_existing: Update | None
     revive_existing_if_expired: Update | None
+    revive_live: Update | None
     live_expiry: Select[Any] | None
     restore: Insert | None
     unarchive: Delete | None
@@ -144,6 +146,7 @@ class HistoryStatements:
         "revive_if_expired": (*_REVIVE, "bucket"),
         "revive_existing": _REVIVE,
         "revive_existing_if_expired": _REVIVE,
+        "revive_live": _REVIVE,
         "live_expiry": ("sid",),
         "restore": _REVIVE,
         "unarchive": ("sid",),
@@ -176,6 +179,25 @@ def _create_fresh(live: Table, dialect: str) -> Insert:
         expires_at=_expires,
     )
     return values.on_conflict_do_nothing(index_elements=[live.c.session_id]).returning(*live.c)
+
+
+def _revive_live(live: Table) -> Update:
+    """The revival of a live session (SQLite's common case): one UPDATE of the row if
+    it has not expired, as the store's revive upsert would change it. No row: it is
+    expired or absent, and the revival's transaction looks further (a revival to
+    count, history)."""
+    return (
+        update(live)
+        .where(live.c.session_id == _sid, live.c.expires_at > _now)
+        .values(
+            user_agent=bindparam("ua", type_=String()),
+            client_ip=bindparam("ip", type_=String()),
+            user_id=func.coalesce(_uid, live.c.user_id),
+            last_modified=_now,
+            expires_at=_expires,
+        )
+        .returning(*live.c)
+    )
 
 
 def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStatements:
@@ -230,6 +252,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
             revive_if_expired=history_pg.revive(live, history, aggregates, only_if_expired=True),
             revive_existing=history_pg.revive_existing(live, only_if_expired=False),
             revive_existing_if_expired=history_pg.revive_existing(live, only_if_expired=True),
+            revive_live=None,
             live_expiry=None,
             restore=None,
             unarchive=None,
@@ -301,6 +324,7 @@ def build_history(table_name: str, dialect: str, ip_mode: str) -> HistoryStateme
         revive_if_expired=None,
         revive_existing=None,
         revive_existing_if_expired=None,
+        revive_live=_revive_live(live),
         live_expiry=select(live.c.expires_at).where(live.c.session_id == _sid),
         restore=backend.insert(live).from_select(names, latest).returning(*live.c),
         create_fresh=_create_fresh(live, dialect),

@@ -172,6 +172,20 @@ def test_revival_of_an_expired_row_is_counted_and_a_live_one_is_not(
     assert aggregate_sums(store)["revived"] == 1
 
 
+def test_a_revival_at_the_moment_of_expiry_is_counted(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """A session is expired from its expires_at on: reviving it at exactly that moment
+    is the revival of an expired session (counted), as the lookup then finds none."""
+    store = make_store(session_max_age=60)
+    store.new_session("edge")
+    store.inc_sequence("edge", "view")
+    clock.advance(60)
+    assert store.lookup_session("edge") is None
+    assert store.revive_session(ReviveSession("edge")).view_sequence == 1
+    assert aggregate_sums(store)["revived"] == 1
+
+
 def test_concurrent_maybe_revive_of_an_archived_id_ends_with_one_row(
     make_store: StoreFactory, clock: FakeClock
 ) -> None:
