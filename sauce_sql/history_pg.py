@@ -35,6 +35,7 @@ from sauce_sql.history_sql import (
     fold_into,
     fold_values,
     folded,
+    revival_values,
 )
 from sauce_sql.schema import UTCDateTime
 
@@ -121,13 +122,7 @@ def revive_existing(live: Table, *, only_if_expired: bool) -> Update:
     return (
         update(live)
         .where(*conditions)
-        .values(
-            user_agent=bindparam("ua", type_=String()),
-            client_ip=bindparam("ip", type_=String()),
-            user_id=func.coalesce(_uid, live.c.user_id),
-            last_modified=_now,
-            expires_at=_expires,
-        )
+        .values(revival_values(live, _uid, _now, _expires))
         .returning(*live.c, (before <= _now).label("was_expired"))
     )
 

@@ -47,6 +47,7 @@ __all__ = [
     "fold_into",
     "fold_values",
     "folded",
+    "revival_values",
     "row_upto",
     "uncopy",
 ]
@@ -80,6 +81,19 @@ def family_of(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     """The browser family of a stored user agent, as :func:`sauce_sql.browsers.browser_family`
     names it (the backend's ``browser_family``)."""
     return backend_for(dialect).browser_family(column)
+
+
+def revival_values(live: Table, uid: Any, now: Any, expires: Any) -> dict[str, Any]:
+    """What a revival sets on the id's row: the client's user agent and IP, its user
+    (the row's when the client gives none), and a new expiry. ``uid``, ``now`` and
+    ``expires`` are the statement's own parameters."""
+    return {
+        "user_agent": bindparam("ua", type_=String()),
+        "client_ip": bindparam("ip", type_=String()),
+        "user_id": func.coalesce(uid, live.c.user_id),
+        "last_modified": now,
+        "expires_at": expires,
+    }
 
 
 def row_upto(table: Table, dialect: str) -> ColumnElement[bool]:

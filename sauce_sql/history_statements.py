@@ -45,6 +45,7 @@ from sauce_sql.history_sql import (
     fold_into,
     fold_values,
     folded,
+    revival_values,
     row_upto,
     uncopy,
 )
@@ -189,13 +190,7 @@ def _revive_live(live: Table) -> Update:
     return (
         update(live)
         .where(live.c.session_id == _sid, live.c.expires_at > _now)
-        .values(
-            user_agent=bindparam("ua", type_=String()),
-            client_ip=bindparam("ip", type_=String()),
-            user_id=func.coalesce(_uid, live.c.user_id),
-            last_modified=_now,
-            expires_at=_expires,
-        )
+        .values(revival_values(live, _uid, _now, _expires))
         .returning(*live.c)
     )
 
