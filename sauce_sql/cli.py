@@ -177,6 +177,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows=rows,
             runs=args.cleanup_runs or 3,
             history_rows=100_000 if args.quick else 1_000_000,
+            floor_history=20_000 if args.quick else 100_000,
             directory=args.dir,
         )
         print(json.dumps(results, indent=2) if args.json else format_history(results))

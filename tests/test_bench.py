@@ -160,6 +160,38 @@ def test_bench_server_parts_at_tiny_sizes() -> None:
     assert "through PgBouncer / direct" in format_report(results)
 
 
+@pytest.mark.slow
+def test_history_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:
+    """``--history`` runs end to end: every cleanup and every raw floor variant moved or
+    deleted the whole backlog (each asserts its count), forget_user took every session
+    of its user, retention kept the report's figures, and no table is left behind."""
+    from sauce_sql.bench.history import FLOOR_VARIANTS, format_history, run_history
+
+    pg = None if postgres_unavailable() else PG_URL
+    tables_before = set() if pg is None else _bench_tables()
+    results = run_history(
+        pg, rows=300, runs=2, history_rows=2000, floor_history=500, directory=str(tmp_path)
+    )
+    backends = ("sqlite", "postgresql") if pg else ("sqlite",)
+    for backend in backends:
+        archive = results[f"{backend}_archive"]
+        assert len(archive["archive"]["totals_ms"]) == len(archive["delete"]["totals_ms"]) == 2
+        floor = results[f"{backend}_floor"]
+        assert floor["delete"]["ratio"] == 1.0
+        for variant in FLOOR_VARIANTS:
+            assert len(floor[variant]["totals_ms"]) == 2
+    assert results["sqlite_report"]["same_figures"]
+    assert results["sqlite_report"]["sessions_counted"] == 2000
+    if pg:
+        assert _bench_tables() == tables_before
+    # Each round's SQLite file went with it.
+    assert not list(tmp_path.rglob("floor-*"))
+    text = format_history(results)
+    for backend in backends:
+        assert f"{backend}: archiving cleanup" in text
+    assert "into a table with no index" in text
+
+
 def test_loop_clock_times_the_turn_a_blocking_call_holds() -> None:
     """The loop's clock sees a coroutine that blocks the loop for 60 ms (a blocking
     call on the loop, as a store must not make) as a turn of at least that long, the

@@ -3,6 +3,9 @@
 - Archiving cleanup of N expired sessions against plain deletion (``keep_history=False``)
   by the same store code, round by round in alternating order, while a writer thread
   increments live sessions: total time, and the writer's worst wait during each.
+- The floor under that ratio: the same backlog moved and deleted by raw SQL in fixed
+  batches, no store code, with history's indexes, without its session_id index, and
+  into a bare table with no index at all.
 - The report over a million archived sessions (SQLite), and ``forget_user`` of a user
   with a thousand sessions among many others.
 """
@@ -115,6 +118,151 @@ def _archive_vs_delete(url: str, rows: int, runs: int) -> dict[str, Any]:
         }
     summary["ratio"] = summary["archive"]["total_ms"] / summary["delete"]["total_ms"]
     return summary
+
+
+#: The raw floor's contenders, each a fresh copy of the same tables and backlog: one
+#: plain delete, and three moves whose targets differ only in their indexes.
+FLOOR_VARIANTS = ("delete", "move", "move_no_session_index", "move_bare")
+#: Rows per batch of the raw floor (fixed, unlike the store's timed batches).
+FLOOR_BATCH = 1000
+#: Rows already in history when the floor's moves begin (as in the store's second round).
+FLOOR_HISTORY = 100_000
+_COLUMNS = (
+    "session_id, user_agent, client_ip, user_id, view_sequence, event_sequence, "
+    "created_at, last_modified, expires_at"
+)
+
+
+def _floor_sqlite_batch(
+    connection: sa.Connection, variant: str, live: str, history: str, now: Any
+) -> tuple[int, bool]:
+    """One batch on SQLite, as the store's: the batch's last (expires_at, session_id)
+    first, then the range up to it (the rest, when fewer are left); how many rows went,
+    and whether they were the last."""
+    found = connection.execute(
+        sa.text(
+            f"SELECT expires_at, session_id FROM {live} WHERE expires_at <= :now "
+            "ORDER BY expires_at, session_id LIMIT 1 OFFSET :skip"
+        ),
+        {"now": now, "skip": FLOOR_BATCH - 1},
+    ).first()
+    values: dict[str, Any]
+    if found is None:
+        where, values = "expires_at <= :now", {"now": now}
+    else:
+        where = "(expires_at < :at OR (expires_at = :at AND session_id <= :sid))"
+        values = {"at": found[0], "sid": found[1]}
+    if variant != "delete":
+        connection.execute(
+            sa.text(
+                f"INSERT INTO {history} ({_COLUMNS}) SELECT {_COLUMNS} FROM {live} WHERE {where}"
+            ),
+            values,
+        )
+    deleted = connection.execute(sa.text(f"DELETE FROM {live} WHERE {where}"), values)
+    return deleted.rowcount, found is None
+
+
+def _floor_server_batch(
+    connection: sa.Connection, variant: str, live: str, history: str, now: Any
+) -> tuple[int, bool]:
+    """One batch on PostgreSQL, as the store's: FLOOR_BATCH expired rows by physical
+    address, deleted, or moved in one statement; how many, and whether the last."""
+    expired = "expires_at <= :now"
+    delete = (
+        f"DELETE FROM {live} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {live} WHERE {expired} "
+        f"LIMIT {FLOOR_BATCH})) AND {expired}"
+    )
+    if variant == "delete":
+        statement = delete
+    else:
+        statement = (
+            f"WITH moved AS ({delete} RETURNING {_COLUMNS}) "
+            f"INSERT INTO {history} ({_COLUMNS}) SELECT {_COLUMNS} FROM moved"
+        )
+    count = connection.execute(sa.text(statement), {"now": now}).rowcount
+    return count, count < FLOOR_BATCH
+
+
+def _floor_once(url: str, variant: str, rows: int, history_rows: int) -> float:
+    """Milliseconds that raw SQL takes to delete (or move to history) ``rows`` expired
+    sessions in batches of FLOOR_BATCH, each batch one transaction."""
+    name = f"bench_floor_{uuid.uuid4().hex[:8]}"
+    live, history = f'"{name}"', f'"{name}_history"'
+    with _tables(url, name):
+        with Store(url, table_name=name, clean_interval=None) as store:
+            _fill_history(store, history_rows)
+            _fill_expired(store, rows)
+        engine = sa.create_engine(url)
+        sqlite = engine.dialect.name == "sqlite"
+        try:
+            with engine.begin() as connection:
+                if variant == "move_no_session_index":
+                    connection.exec_driver_sql(f'DROP INDEX "ix_{name}_history_session_id"')
+                if variant == "move_bare":
+                    # No key and no index: a target that could serve neither revival
+                    # nor erasure, only the cheapest move there is.
+                    connection.exec_driver_sql(
+                        f'CREATE TABLE "{name}_bare" AS SELECT * FROM {history}'
+                    )
+                    history = f'"{name}_bare"'
+            with engine.connect() as connection:
+                # Every variant starts with no page of its tables in the log: none pays
+                # for another's full-page images (PostgreSQL) or log pages (SQLite).
+                connection.exec_driver_sql(
+                    "PRAGMA wal_checkpoint(TRUNCATE)" if sqlite else "CHECKPOINT"
+                )
+            now: Any = datetime.now(timezone.utc)
+            if sqlite:
+                now = datetime_to_sqlite(now)
+            moved = 0
+            began = time.perf_counter()
+            batch = _floor_sqlite_batch if sqlite else _floor_server_batch
+            while True:
+                with engine.begin() as connection:
+                    rows_now, last = batch(connection, variant, live, history, now)
+                moved += rows_now
+                if last:
+                    break
+            took = (time.perf_counter() - began) * 1000
+        finally:
+            if not sqlite:  # a SQLite file goes whole, with its tables
+                with engine.begin() as connection:
+                    connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}_bare"')
+            engine.dispose()
+    assert moved == rows, (variant, moved)
+    return took
+
+
+def _raw_floor(url: str | Path, rows: int, runs: int, history_rows: int) -> dict[str, Any]:
+    """Each floor variant's median total over ``runs`` rounds (in alternating order),
+    and its ratio to the plain delete's. ``url`` is PostgreSQL's, or a folder for a
+    SQLite file per round (each removed after it)."""
+    totals: dict[str, list[float]] = {variant: [] for variant in FLOOR_VARIANTS}
+    for run in range(runs):
+        order = FLOOR_VARIANTS if run % 2 == 0 else FLOOR_VARIANTS[::-1]
+        for variant in order:
+            if isinstance(url, Path):
+                path = url / f"floor-{run}-{variant}.db"
+                took = _floor_once(f"sqlite:///{path}", variant, rows, history_rows)
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+            else:
+                took = _floor_once(url, variant, rows, history_rows)
+            totals[variant].append(took)
+    base = statistics.median(totals["delete"])
+    return {
+        "batch_rows": FLOOR_BATCH,
+        "history_rows": history_rows,
+        **{
+            variant: {
+                "total_ms": statistics.median(found),
+                "totals_ms": [round(t, 1) for t in found],
+                "ratio": statistics.median(found) / base,
+            }
+            for variant, found in totals.items()
+        },
+    }
 
 
 #: About 100 distinct user agents, as a real history holds (browsers x versions, tools).
@@ -232,6 +380,7 @@ def run_history(
     rows: int = 100_000,
     runs: int = 3,
     history_rows: int = 1_000_000,
+    floor_history: int = FLOOR_HISTORY,
     directory: str | None = None,
 ) -> dict[str, Any]:
     """Every history figure; PostgreSQL's skipped when ``pg_url`` is None."""
@@ -239,11 +388,13 @@ def run_history(
         path = Path(folder)
         results: dict[str, Any] = {
             "sqlite_archive": _archive_vs_delete(f"sqlite:///{path / 'a.db'}", rows, runs),
+            "sqlite_floor": _raw_floor(path, rows, runs, floor_history),
             "sqlite_report": _report_over_history(path, history_rows),
             "sqlite_forget": _forget(f"sqlite:///{path / 'f.db'}", 100_000, 1000),
         }
     if pg_url is not None:
         results["postgresql_archive"] = _archive_vs_delete(pg_url, rows, runs)
+        results["postgresql_floor"] = _raw_floor(pg_url, rows, runs, floor_history)
         results["postgresql_forget"] = _forget(pg_url, 100_000, 1000)
     return results
 
@@ -264,6 +415,19 @@ def format_history(results: dict[str, Any]) -> str:
             f"deletion {d['worst_wait_ms']:.1f} ms (target <= {bound} ms); alone before "
             f"{a['writer_alone_worst_ms']:.1f} ms",
         ]
+        floor = results[f"{backend}_floor"]
+        lines.append(
+            f"    raw SQL, batches of {floor['batch_rows']}, {floor['history_rows']} rows "
+            f"in history: plain delete {floor['delete']['total_ms']:.0f} ms; moves "
+            + ", ".join(
+                f"{label} {floor[variant]['ratio']:.2f}x"
+                for variant, label in (
+                    ("move", "with history's indexes"),
+                    ("move_no_session_index", "without its session_id index"),
+                    ("move_bare", "into a table with no index"),
+                )
+            )
+        )
         forget = results[f"{backend}_forget"]
         lines.append(
             f"  {backend}: forget_user of {forget['sessions_of_user']} sessions among "
