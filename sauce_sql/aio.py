@@ -245,6 +245,10 @@ class AsyncStore(StoreCore):
         Safe to race: concurrent callers end with one row and each gets the live session.
         """
         values = self._revive_values(revive)
+        # The common case as lookup_session's, one read: the session is live.
+        rows, _ = await self._started().read(self._statements().select_live, values)
+        if rows:
+            return self._session(rows[0])
         operation = self._maybe_revive(values)
         return self._revived(await ops.arun(self._started(), operation), values)
 

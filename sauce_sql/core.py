@@ -246,7 +246,8 @@ class StoreCore:
         def revive_if_expired() -> Operation[list[Any]]:
             return self._revival(values, only_if_expired=True)
 
-        return ops.maybe_revive(prepared.select_live, revive_if_expired, values)
+        # The caller has just found no live row.
+        return ops.maybe_revive(prepared.select_live, revive_if_expired, values, looked=True)
 
     def _forget(self, what: str, value: str) -> Operation[int]:
         self._statements()

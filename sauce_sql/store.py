@@ -262,6 +262,10 @@ class Store(StoreCore):
         Safe to race: concurrent callers end with one row and each gets the live session.
         """
         values = self._revive_values(revive)
+        # The common case as lookup_session's, one read: the session is live.
+        rows, _ = self._started().read(self._statements().select_live, values)
+        if rows:
+            return self._session(rows[0])
         operation = self._maybe_revive(values)
         return self._revived(ops.run(self._started(), operation), values)
 
