@@ -241,13 +241,13 @@ class StoreCore:
         return ops.single(statement, values)
 
     def _maybe_revive(self, values: dict[str, Any]) -> Operation[Any]:
+        """maybe_revive_session once its read found no live row."""
         prepared = self._statements()
 
         def revive_if_expired() -> Operation[list[Any]]:
             return self._revival(values, only_if_expired=True)
 
-        # The caller has just found no live row.
-        return ops.maybe_revive(prepared.select_live, revive_if_expired, values, looked=True)
+        return ops.maybe_revive(prepared.select_live, revive_if_expired, values)
 
     def _forget(self, what: str, value: str) -> Operation[int]:
         self._statements()

@@ -136,13 +136,10 @@ def maybe_revive(
     select_live: Prepared,
     revive_if_expired: Callable[[], Operation[list[Any]]],
     values: Mapping[str, Any],
-    *,
-    looked: bool = False,
 ) -> Operation[Any]:
-    """The live session's row if there is one, else the row revived over an expired
-    one (or created); None if the row kept changing under it. ``looked``: the caller
-    has just read the live row and found none, so the first round starts with the
-    revival.
+    """After a read of the live row found none (the caller's, so that the common case
+    is that one read): the row revived over an expired one (or created), else the
+    live row another caller made meanwhile; None if the row kept changing under it.
 
     Safe to race: the revival only writes over a row that is still expired, so
     concurrent callers end with one row and each gets the live session.
@@ -150,7 +147,7 @@ def maybe_revive(
     # Two rounds at most are ever needed; the third guards against a row deleted by a
     # cleanup whose clock runs ahead of ours between our two statements.
     for round_ in range(3):
-        if not (looked and round_ == 0):
+        if round_:
             rows, _ = yield Step(select_live, values)
             if rows:
                 return rows[0]
