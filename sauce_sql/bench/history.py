@@ -34,6 +34,11 @@ from sauce_sql.store import Store
 __all__ = ["run_history"]
 
 LIVE = 2000
+#: The sessions table's columns, in order, for the bench's raw SQL.
+_COLUMNS = (
+    "session_id, user_agent, client_ip, user_id, view_sequence, event_sequence, "
+    "created_at, last_modified, expires_at"
+)
 
 
 @contextmanager
@@ -58,8 +63,6 @@ def _fill_expired(store: Store, rows: int) -> None:
     table = store.get_state().table_name
     sqlite = store.engine.dialect.name == "sqlite"
     now = datetime.now(timezone.utc)
-    columns = "session_id, user_agent, client_ip, user_id, view_sequence, event_sequence, "
-    columns += "created_at, last_modified, expires_at"
     marks = ", ".join(["?" if sqlite else "%s"] * 9)
     batch = []
     for n, sid in enumerate(work.new_ids(rows)):
@@ -73,7 +76,7 @@ def _fill_expired(store: Store, rows: int) -> None:
     with store.engine.connect() as connection:
         raw: Any = connection.connection.dbapi_connection
         cursor = raw.cursor()
-        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", batch)
+        cursor.executemany(f"INSERT INTO {table} ({_COLUMNS}) VALUES ({marks})", batch)
         cursor.close()
         raw.commit()
 
@@ -127,10 +130,6 @@ FLOOR_VARIANTS = ("delete", "move", "move_no_session_index", "move_bare")
 FLOOR_BATCH = 1000
 #: Rows already in history when the floor's moves begin (as in the store's second round).
 FLOOR_HISTORY = 100_000
-_COLUMNS = (
-    "session_id, user_agent, client_ip, user_id, view_sequence, event_sequence, "
-    "created_at, last_modified, expires_at"
-)
 
 
 def _floor_sqlite_batch(
